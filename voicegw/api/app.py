@@ -1,0 +1,76 @@
+"""The aiohttp application: auth, errors, metrics, health and the admin routes."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from voicegw.api.context import PRINCIPAL, SESSIONS
+from voicegw.api.errors import ApiError, Handler, error_middleware
+from voicegw.api.openapi import OPENAPI_PATH, build_openapi
+from voicegw.api.routes import ROUTES
+from voicegw.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from voicegw.store import tokens
+
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", OPENAPI_PATH})
+MAX_BODY = 1024 * 1024
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+    async with request.app[SESSIONS]() as session:
+        who = await tokens.authenticate(session, secret.strip())
+    if who is None:
+        raise ApiError(401, "unauthorized", "token is unknown or revoked")
+    request[PRINCIPAL] = who
+    return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    response = await handler(request)
+    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+    HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[SESSIONS]() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception:
+        return web.json_response({"status": "unhealthy", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+def create_app(sessions: async_sessionmaker[AsyncSession]) -> web.Application:
+    # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=MAX_BODY,
+    )
+    app[SESSIONS] = sessions
+    document = build_openapi()
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", make_aiohttp_handler())
+    app.router.add_get(OPENAPI_PATH, openapi)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

@@ -1,0 +1,11 @@
+"""Typed keys for what the admin API keeps on the app and on each request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from voicegw.store.tokens import Principal
+
+SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions", async_sessionmaker)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)

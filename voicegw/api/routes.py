@@ -1,0 +1,121 @@
+"""The admin API's route table: one list drives both the router and the OpenAPI document."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from voicegw.api import admin
+from voicegw.api.errors import Handler
+from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
+
+API = "/api/v1"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: tuple[str, ...]
+    body: type[BaseModel] | None = None
+    success: int = 200
+
+
+ALL = ("operator", "tenant_admin", "supervisor", "agent")
+ADMIN = ("operator", "tenant_admin")
+READ = ("operator", "tenant_admin", "supervisor")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        f"{API}/tenants",
+        admin.create_tenant,
+        "Create a tenant",
+        ("operator",),
+        TenantCreate,
+        201,
+    ),
+    Route("GET", f"{API}/tenants", admin.list_tenants, "List the tenants the token may see", ALL),
+    Route("GET", f"{API}/tenants/{{tenant_id}}", admin.get_tenant, "Show a tenant", READ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/settings",
+        admin.get_settings,
+        "Show a tenant's settings",
+        READ,
+    ),
+    Route(
+        "PATCH",
+        f"{API}/tenants/{{tenant_id}}/settings",
+        admin.patch_settings,
+        "Change a tenant's settings (partial; nested objects merge); audited",
+        ADMIN,
+        SettingsPatch,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/numbers",
+        admin.list_numbers,
+        "List the tenant's numbers",
+        READ,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/numbers",
+        admin.add_number,
+        "Assign a number to the tenant",
+        ADMIN,
+        NumberCreate,
+        201,
+    ),
+    Route(
+        "DELETE",
+        f"{API}/tenants/{{tenant_id}}/numbers/{{number_id}}",
+        admin.remove_number,
+        "Release a number",
+        ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/agents",
+        admin.list_agents,
+        "List the tenant's agents",
+        READ,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/agents",
+        admin.add_agent,
+        "Create an agent",
+        ADMIN,
+        AgentCreate,
+        201,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/audit",
+        admin.tenant_audit,
+        "The tenant's audit events (query: after, limit)",
+        ADMIN,
+    ),
+    Route(
+        "POST",
+        f"{API}/tokens",
+        admin.create_token,
+        "Create a bearer token (shown once)",
+        ADMIN,
+        TokenCreate,
+        201,
+    ),
+    Route("DELETE", f"{API}/tokens/{{token_id}}", admin.revoke_token, "Revoke a token", ADMIN),
+    Route(
+        "GET",
+        f"{API}/audit/verify",
+        admin.verify_audit,
+        "Verify the audit hash chain",
+        ("operator",),
+    ),
+)

@@ -1,0 +1,298 @@
+"""The ``voicegw`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from voicegw.config import ConfigError, Settings, load_settings
+from voicegw.logs import configure_logging
+from voicegw.store import audit, migrate, tenants, tokens
+from voicegw.store.db import create_engine, session_factory
+from voicegw.tenant_settings import TenantSettings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="voicegw: contact-center telephony and voice-AI gateway.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants and their settings.", no_args_is_help=True)
+token_app = typer.Typer(help="Admin API bearer tokens.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML config file (default: $VOICEGW_CONFIG or embedded defaults)."
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def settings_from(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def with_session(config: Path | None, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on an up-to-date schema."""
+    settings = settings_from(config)
+
+    async def run() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            async with session_factory(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the gateway (creates the schema, and a demo tenant on an empty database)."""
+    from voicegw.server import serve as run_server
+
+    settings = settings_from(config)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        asyncio.run(run_server(settings))
+    except OSError as exc:
+        raise fail(
+            f"cannot start: {exc.strerror} ({exc.__class__.__name__}); "
+            "is another process using the configured ports?"
+        ) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply all schema migrations."""
+    settings = settings_from(config)
+
+    async def run() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    typer.echo(f"database at revision {asyncio.run(run())}")
+
+
+def _show(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@tenant_app.command("create")
+def tenant_create(
+    tenant_id: Annotated[str, typer.Argument(help="Tenant id (slug), e.g. acme")],
+    name: Annotated[str, typer.Option(help="Display name")] = "",
+    region: Annotated[str, typer.Option(help="Home region, e.g. sg, eu, us")] = "sg",
+    config: ConfigOption = None,
+) -> None:
+    """Create a tenant."""
+    try:
+        settings = TenantSettings(region=region)
+    except ValidationError as exc:
+        raise fail(f"--region: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        try:
+            t = await tenants.create_tenant(
+                session,
+                actor=cli_actor(),
+                tenant_id=tenant_id,
+                name=name or tenant_id,
+                settings=settings,
+            )
+        except (ValueError, tenants.ConflictError) as exc:
+            raise fail(str(exc)) from None
+        return {"id": t.id, "name": t.name, "region": t.region}
+
+    _show(with_session(config, work))
+
+
+@tenant_app.command("list")
+def tenant_list(config: ConfigOption = None) -> None:
+    """List tenants."""
+
+    async def work(session: AsyncSession) -> list[dict[str, str]]:
+        return [
+            {"id": t.id, "name": t.name, "region": t.region}
+            for t in await tenants.list_tenants(session)
+        ]
+
+    for row in with_session(config, work):
+        typer.echo(f"{row['id']:<24} {row['region']:<4} {row['name']}")
+
+
+@tenant_app.command("show")
+def tenant_show(tenant_id: str, config: ConfigOption = None) -> None:
+    """Show a tenant and its settings."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        t = await tenants.get_tenant(session, tenant_id)
+        if t is None:
+            raise fail(f"no tenant {tenant_id}")
+        return {"id": t.id, "name": t.name, "region": t.region, "settings": t.settings}
+
+    _show(with_session(config, work))
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """``a.b=value`` pairs into a nested patch; values are JSON where they parse, else strings."""
+    patch: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise fail(
+                f"{pair!r}: expected KEY=VALUE, "
+                "e.g. recording_mode=opt_in or retention.recordings_days=30"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = patch
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return patch
+
+
+@tenant_app.command("set")
+def tenant_set(
+    tenant_id: str,
+    assignments: Annotated[list[str], typer.Argument(help="KEY=VALUE, e.g. recording_mode=opt_in")],
+    config: ConfigOption = None,
+) -> None:
+    """Change tenant settings (audited)."""
+    patch = parse_assignments(assignments)
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        t = await tenants.get_tenant(session, tenant_id)
+        if t is None:
+            raise fail(f"no tenant {tenant_id}")
+        try:
+            await tenants.update_settings(session, actor=cli_actor(), tenant=t, patch=patch)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise fail(f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        return t.settings
+
+    _show(with_session(config, work))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="operator | tenant_admin | supervisor | agent")],
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (all roles but operator)")] = None,
+    agent: Annotated[int | None, typer.Option(help="Agent id (agent role)")] = None,
+    label: Annotated[str | None, typer.Option(help="Free-text label")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Write the secret to this file (mode 0600) instead of stdout"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a bearer token; the secret is shown once."""
+
+    async def work(session: AsyncSession) -> tuple[str, str]:
+        if tenant is not None and await tenants.get_tenant(session, tenant) is None:
+            raise fail(f"no tenant {tenant}")
+        try:
+            row, secret = await tokens.create_token(
+                session, role=role, tenant_id=tenant, agent_id=agent, label=label
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        await audit.append(
+            session,
+            actor=cli_actor(),
+            tenant_id=tenant,
+            action="token.create",
+            target=f"token/{row.id}",
+            details={"role": role, "agent_id": agent},
+        )
+        return row.id, secret
+
+    token_id, secret = with_session(config, work)
+    if output is not None:
+        from voicegw.bootstrap import write_secret
+
+        write_secret(output, secret)
+        typer.echo(f"token {token_id} written to {output}")
+    else:
+        typer.echo(f"token id: {token_id}", err=True)
+        typer.echo(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, config: ConfigOption = None) -> None:
+    """Revoke a token by its id."""
+
+    async def work(session: AsyncSession) -> None:
+        row = await tokens.revoke_token(session, token_id)
+        if row is None:
+            raise fail(f"no token {token_id}")
+        await audit.append(
+            session,
+            actor=cli_actor(),
+            tenant_id=row.tenant_id,
+            action="token.revoke",
+            target=f"token/{row.id}",
+        )
+
+    with_session(config, work)
+    typer.echo(f"token {token_id} revoked")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit hash chain; exit 1 naming the first bad event."""
+    result = with_session(config, audit.verify)
+    if result.ok:
+        typer.echo(f"audit log OK: {result.events} events, chain intact")
+        return
+    raise fail(f"audit log BROKEN at event {result.first_bad_seq}: {result.problem}")
+
+
+def main() -> None:
+    app(prog_name="voicegw")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Server configuration: one TOML file plus ``VOICEGW_*`` environment overrides.
+
+Embedded defaults need no file at all: SQLite and keys under ``./var/``, SIP on
+127.0.0.1:5060 (UDP and TCP), HTTP on 127.0.0.1:8080. A bad value stops start-up
+with a :class:`ConfigError` naming the key, the file and what is allowed.
+
+Environment overrides use ``__`` between levels, e.g. ``VOICEGW_HTTP__PORT=9090``
+or ``VOICEGW_DATABASE__URL=postgresql+asyncpg://...``; they win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "VOICEGW_"
+CONFIG_ENV = "VOICEGW_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = None
+
+
+class SipConfig(_Section):
+    host: str = "127.0.0.1"
+    udp_port: int | None = Field(default=5060, ge=1, le=65535)
+    tcp_port: int | None = Field(default=5060, ge=1, le=65535)
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    #: RFC 3261 timer base values, in seconds.
+    t1: float = Field(default=0.5, gt=0, le=10)
+    t2: float = Field(default=4.0, gt=0, le=60)
+    t4: float = Field(default=5.0, gt=0, le=60)
+    max_message_bytes: int = Field(default=65536, ge=1024, le=1_048_576)
+
+    @model_validator(mode="after")
+    def _tls_needs_files(self) -> SipConfig:
+        if self.tls_port is not None and (
+            self.tls_certificate is None or self.tls_private_key is None
+        ):
+            raise ValueError("tls_port needs tls_certificate and tls_private_key")
+        if self.t2 < self.t1:
+            raise ValueError("t2 must be at least t1")
+        return self
+
+
+class MediaConfig(_Section):
+    rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(default=29999, ge=1025, le=65535)
+    #: Address written into SDP; defaults to the SIP host.
+    advertised_address: str | None = None
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> MediaConfig:
+        if self.rtp_port_max <= self.rtp_port_min:
+            raise ValueError("rtp_port_max must be greater than rtp_port_min")
+        return self
+
+
+class DatabaseConfig(_Section):
+    #: SQLAlchemy async URL; None means SQLite at ``<data_dir>/voicegw.db``.
+    url: str | None = None
+    echo: bool = False
+
+
+class StorageConfig(_Section):
+    data_dir: Path = Path("var")
+    #: Recordings land under ``<recordings_root>/<region>/``.
+    recordings_root: Path | None = None
+    key_dir: Path | None = None
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Validated server configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    node_name: str = Field(default="voicegw-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    region: str = Field(default="sg", pattern=r"^[a-z]{2,8}$")
+    http: HttpConfig = HttpConfig()
+    sip: SipConfig = SipConfig()
+    media: MediaConfig = MediaConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file: the file arrives as init values.
+        return (env_settings, init_settings)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.storage.data_dir / 'voicegw.db'}"
+
+    @property
+    def recordings_root(self) -> Path:
+        return self.storage.recordings_root or self.storage.data_dir / "recordings"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.storage.key_dir or self.storage.data_dir / "keys"
+
+
+class ConfigError(Exception):
+    """A configuration problem an operator must fix before the gateway starts."""
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against config/voicegw.example.toml)"
+    ctx = error.get("ctx") or {}
+    allowed = ""
+    if "expected" in ctx:
+        allowed = f"; allowed: {ctx['expected']}"
+    elif "pattern" in ctx:
+        allowed = f"; must match {ctx['pattern']}"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{key}: {error['msg']}{allowed}{shown}"
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Load and validate settings from ``path`` (or ``$VOICEGW_CONFIG``) and the environment."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    source = str(path) if path is not None else "embedded defaults"
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
+        raise ConfigError(
+            f"invalid configuration in {source} (or VOICEGW_* environment):\n  {problems}"
+        ) from None

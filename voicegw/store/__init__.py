@@ -1,0 +1,1 @@
+"""voicegw.store"""
