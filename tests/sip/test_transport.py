@@ -1,0 +1,217 @@
+"""SIP transports on loopback: the edge screens, stamps Via and routes responses (RFC 3261 §18)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from voicegw.sip.edge import InboundScreen, response_destination, stamp_via
+from voicegw.sip.message import SipMessage, SipRequest, parse_message
+from voicegw.sip.security import BanList, RateLimiter
+from voicegw.sip.transaction import Destination
+from voicegw.sip.transport import ListenAddresses, SipTransports
+
+OPTIONS = (
+    "OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\n"
+    "Via: SIP/2.0/{transport} 192.0.2.10:5062;branch=z9hG4bK-{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:probe@example.com>;tag=a{n}\r\n"
+    "To: <sip:gw@127.0.0.1>\r\n"
+    "Call-ID: probe-{n}@example.com\r\n"
+    "CSeq: 1 OPTIONS\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def options(n: int, transport: str = "UDP") -> bytes:
+    return OPTIONS.format(n=n, transport=transport).encode()
+
+
+class Node:
+    def __init__(self, rate: RateLimiter | None = None) -> None:
+        self.bans = BanList(max_failures=3, window=60, ban_for=600)
+        limiter = RateLimiter(rate=1000, burst=1000) if rate is None else rate
+        self.screen = InboundScreen(self.bans, limiter)
+        self.received: asyncio.Queue[tuple[SipMessage, Destination]] = asyncio.Queue()
+        self.transports = SipTransports(self.screen, lambda m, s: self.received.put_nowait((m, s)))
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    n = Node()
+    await n.transports.start(ListenAddresses(udp=("127.0.0.1", 0), tcp=("127.0.0.1", 0)))
+    yield n
+    await n.transports.close()
+
+
+_clients: list[socket.socket] = []
+
+
+def udp_client() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    _clients.append(s)
+    return s
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> object:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+async def recv(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(2):
+        return await loop.sock_recv(sock, 65536)
+
+
+async def test_rfc3581_udp_request_is_delivered_with_received_and_rport(node: Node) -> None:
+    client = udp_client()
+    assert node.transports.bound.udp is not None
+    client.sendto(options(1), node.transports.bound.udp)
+    async with asyncio.timeout(2):
+        message, source = await node.received.get()
+    assert isinstance(message, SipRequest)
+    via = message.via[0]
+    assert via.received == "127.0.0.1"
+    assert via.rport == client.getsockname()[1]
+    assert source == Destination("127.0.0.1", client.getsockname()[1], "UDP")
+    client.close()
+
+
+async def test_unparseable_request_with_recoverable_headers_gets_400_with_warning(
+    node: Node,
+) -> None:
+    client = udp_client()
+    assert node.transports.bound.udp is not None
+    bad = options(2).replace(b"Max-Forwards: 70", b"Max-Forwards: seventy")
+    client.sendto(bad, node.transports.bound.udp)
+    reply = parse_message(await recv(client))
+    assert not isinstance(reply, SipRequest)
+    assert reply.status == 400
+    assert reply.headers.get(
+        "Warning",
+    ).startswith("399 voicegw")  # type: ignore[union-attr]
+    assert node.received.empty()
+    client.close()
+
+
+async def test_garbage_is_dropped_silently_and_counted(node: Node) -> None:
+    client = udp_client()
+    assert node.transports.bound.udp is not None
+    client.sendto(b"\x00\xffnot sip at all", node.transports.bound.udp)
+    client.sendto(options(3), node.transports.bound.udp)
+    async with asyncio.timeout(2):
+        await node.received.get()
+    assert node.screen.counters.dropped["unparseable"] == 1
+    client.close()
+
+
+async def test_banned_source_is_dropped_before_parsing(node: Node) -> None:
+    client = udp_client()
+    assert node.transports.bound.udp is not None
+    node.bans.ban("127.0.0.1", node.transports.clock(), 600)
+    client.sendto(options(4), node.transports.bound.udp)
+    client.sendto(b"garbage that would otherwise be answered", node.transports.bound.udp)
+    await asyncio.sleep(0.2)
+    assert node.received.empty()
+    assert node.screen.counters.dropped["banned"] == 2
+    client.close()
+
+
+async def test_rate_limit_drops_the_excess_from_one_source() -> None:
+    n = Node(rate=RateLimiter(rate=1, burst=5))
+    await n.transports.start(ListenAddresses(udp=("127.0.0.1", 0)))
+    client = udp_client()
+    assert n.transports.bound.udp is not None
+    for i in range(20):
+        client.sendto(options(100 + i), n.transports.bound.udp)
+    await asyncio.sleep(0.3)
+    assert n.received.qsize() == 5
+    assert n.screen.counters.dropped["rate_limited"] == 15
+    client.close()
+    await n.transports.close()
+
+
+async def test_tcp_frames_split_and_coalesced_messages_and_answers_keepalive(node: Node) -> None:
+    assert node.transports.bound.tcp is not None
+    reader, writer = await asyncio.open_connection(*node.transports.bound.tcp)
+    a, b = options(5, "TCP"), options(6, "TCP")
+    writer.write(a[:30])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(a[30:] + b + b"\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(2):
+        first, _ = await node.received.get()
+        second, source = await node.received.get()
+        pong = await reader.readexactly(2)
+    assert [m.call_id for m in (first, second)] == ["probe-5@example.com", "probe-6@example.com"]
+    assert source.transport == "TCP"
+    assert pong == b"\r\n"
+    # A response to a stream request goes back over the same connection.
+    await node.transports.send(b"SIP/2.0 200 OK\r\n\r\n", source)
+    async with asyncio.timeout(2):
+        assert await reader.readexactly(6) == b"SIP/2."
+    writer.close()
+
+
+async def test_tcp_framing_error_closes_only_that_connection(node: Node) -> None:
+    assert node.transports.bound.tcp is not None
+    reader, writer = await asyncio.open_connection(*node.transports.bound.tcp)
+    writer.write(options(7, "TCP").replace(b"Content-Length: 0", b"Content-Length: many"))
+    await writer.drain()
+    async with asyncio.timeout(2):
+        rest = await reader.read()
+    assert b"SIP/2.0 200" not in rest
+    writer.close()
+    # The node still serves others.
+    client = udp_client()
+    assert node.transports.bound.udp is not None
+    client.sendto(options(8), node.transports.bound.udp)
+    async with asyncio.timeout(2):
+        await node.received.get()
+    client.close()
+
+
+def response_with_via(via: str) -> SipMessage:
+    return parse_message(
+        (
+            f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n"
+            "Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("via", "expected"),
+    [
+        ("SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1", ("192.0.2.1", 5070)),
+        ("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", ("192.0.2.1", 5060)),
+        ("SIP/2.0/UDP host.example;branch=z9hG4bK1;received=198.51.100.7", ("198.51.100.7", 5060)),
+        (
+            "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;received=198.51.100.7;rport=40000",
+            ("198.51.100.7", 40000),
+        ),
+        ("SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;maddr=239.1.1.1", ("239.1.1.1", 5060)),
+        ("SIP/2.0/UDP [2001:db8::1]:5080;branch=z9hG4bK1", ("2001:db8::1", 5080)),
+    ],
+)
+def test_rfc3261_18_2_2_response_destination(via: str, expected: tuple[str, int]) -> None:
+    response = response_with_via(via)
+    assert not isinstance(response, SipRequest)
+    assert response_destination(response, "UDP").addr == expected
+
+
+def test_via_from_the_packet_source_is_left_alone() -> None:
+    request = parse_message(
+        options(9).replace(b"192.0.2.10:5062", b"127.0.0.1:5062").replace(b";rport", b"")
+    )
+    assert isinstance(request, SipRequest)
+    assert stamp_via(request, Destination("127.0.0.1", 5062)) is request

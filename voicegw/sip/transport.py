@@ -1,0 +1,231 @@
+"""asyncio adapters for SIP over UDP, TCP and TLS: they only move bytes.
+
+Each adapter hands inbound bytes to :class:`~voicegw.sip.edge.InboundScreen`,
+sends what it says to send, and passes admitted messages up with their source.
+Stream connections are kept by remote address so responses and in-dialog
+requests reuse them (RFC 3261 §18.2.2, RFC 5626 keep-alives answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from voicegw.sip.edge import Deliver, InboundScreen, Reply
+from voicegw.sip.message import SipMessage
+from voicegw.sip.message_framer import (
+    FramingError,
+    KeepAlivePing,
+    MessageReceived,
+    MessageRejected,
+    StreamFramer,
+)
+from voicegw.sip.transaction import Destination
+
+log = logging.getLogger("voicegw.sip.transport")
+
+OnMessage = Callable[[SipMessage, Destination], None]
+#: Idle stream connections are closed after this long (seconds) without traffic.
+STREAM_IDLE_TIMEOUT = 600.0
+MAX_STREAM_CONNECTIONS = 4096
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: SipTransports) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Python 3.11's selector datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        source = Destination(str(addr[0]), int(addr[1]), "UDP")
+        verdict = self.owner.screen.screen(data, source, self.owner.clock())
+        if isinstance(verdict, Deliver):
+            self.owner.deliver(verdict.message, source)
+        elif isinstance(verdict, Reply) and self.transport is not None:
+            self.transport.sendto(verdict.data, (source.host, source.port))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable for an earlier send; the transaction times out on its own.
+        log.debug("sip.udp.icmp_error", extra={"error": type(exc).__name__})
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, owner: SipTransports, name: str) -> None:
+        self.owner = owner
+        self.name = name
+        self.framer = StreamFramer(owner.screen.limits)
+        self.transport: asyncio.Transport | None = None
+        self.remote: Destination | None = None
+        self.last_seen = owner.clock()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = Destination(str(peer[0]), int(peer[1]), self.name)
+        if self.owner.screen.admit(
+            self.remote, self.owner.clock()
+        ) is not None or not self.owner.track(self):
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.remote is not None
+        now = self.owner.clock()
+        self.last_seen = now
+        if self.owner.screen.bans.should_drop(self.remote.host, now):
+            self.transport.abort()
+            return
+        for event in self.framer.feed(data):
+            if isinstance(event, MessageReceived):
+                if not self.owner.screen.rate.allow(self.remote.host, now):
+                    continue
+                verdict = self.owner.screen.accepted(event.message, self.remote)
+                if isinstance(verdict, Deliver):
+                    self.owner.deliver(verdict.message, self.remote)
+            elif isinstance(event, MessageRejected):
+                verdict = self.owner.screen.rejected(event.data, event.error)
+                if isinstance(verdict, Reply):
+                    self.transport.write(verdict.data)
+            elif isinstance(event, KeepAlivePing):
+                self.transport.write(b"\r\n")
+            elif isinstance(event, FramingError):
+                self.transport.abort()
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.untrack(self)
+
+
+@dataclass(frozen=True)
+class ListenAddresses:
+    udp: tuple[str, int] | None = None
+    tcp: tuple[str, int] | None = None
+    tls: tuple[str, int] | None = None
+
+
+class SipTransports:
+    """The node's SIP sockets. ``send`` picks the socket or connection by destination."""
+
+    def __init__(
+        self,
+        screen: InboundScreen,
+        on_message: OnMessage,
+        tls_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.screen = screen
+        self.on_message = on_message
+        self.tls_context = tls_context
+        self.clock = clock
+        self._udp: _Udp | None = None
+        self._servers: list[asyncio.Server] = []
+        self._streams: dict[tuple[str, str, int], _Stream] = {}
+        self.bound = ListenAddresses()
+
+    async def start(self, listen: ListenAddresses) -> ListenAddresses:
+        """Bind the requested sockets (port 0 picks a free one); returns what was bound."""
+        loop = asyncio.get_running_loop()
+        udp = tcp = tls = None
+        if listen.udp is not None:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=listen.udp
+            )
+            self._udp = protocol
+            udp = _sockname(transport)
+        if listen.tcp is not None:
+            server = await loop.create_server(lambda: _Stream(self, "TCP"), *listen.tcp)
+            self._servers.append(server)
+            tcp = _sockname(server.sockets[0])
+        if listen.tls is not None:
+            if self.tls_context is None:
+                raise ValueError("TLS listener needs a TLS context (certificate and key)")
+            server = await loop.create_server(
+                lambda: _Stream(self, "TLS"), *listen.tls, ssl=self.tls_context
+            )
+            self._servers.append(server)
+            tls = _sockname(server.sockets[0])
+        self.bound = ListenAddresses(udp, tcp, tls)
+        return self.bound
+
+    def deliver(self, message: SipMessage, source: Destination) -> None:
+        try:
+            self.on_message(message, source)
+        except Exception:
+            # One bad call must never take the transport down for all the others.
+            log.exception("sip.handler_error", extra={"transport": source.transport})
+
+    def track(self, stream: _Stream) -> bool:
+        if len(self._streams) >= MAX_STREAM_CONNECTIONS:
+            self._close_idle(force_one=True)
+        if len(self._streams) >= MAX_STREAM_CONNECTIONS:
+            return False
+        assert stream.remote is not None
+        self._streams[(stream.name, stream.remote.host, stream.remote.port)] = stream
+        return True
+
+    def untrack(self, stream: _Stream) -> None:
+        if stream.remote is not None:
+            key = (stream.name, stream.remote.host, stream.remote.port)
+            if self._streams.get(key) is stream:
+                del self._streams[key]
+
+    def _close_idle(self, force_one: bool = False) -> None:
+        now = self.clock()
+        streams = sorted(self._streams.values(), key=lambda s: s.last_seen)
+        for index, stream in enumerate(streams):
+            if now - stream.last_seen > STREAM_IDLE_TIMEOUT or (force_one and index == 0):
+                if stream.transport is not None:
+                    stream.transport.abort()
+                self.untrack(stream)
+
+    async def send(self, data: bytes, destination: Destination) -> None:
+        """Send to ``destination``, opening a stream connection if none is open to it."""
+        kind = destination.transport.upper()
+        if kind == "UDP":
+            if self._udp is None or self._udp.transport is None:
+                raise ConnectionError("no UDP socket bound")
+            self._udp.transport.sendto(data, destination.addr)
+            return
+        stream = self._streams.get((kind, destination.host, destination.port))
+        if stream is None or stream.transport is None or stream.transport.is_closing():
+            stream = await self._connect(kind, destination)
+        assert stream.transport is not None
+        stream.transport.write(data)
+
+    async def _connect(self, kind: str, destination: Destination) -> _Stream:
+        loop = asyncio.get_running_loop()
+        ssl_ctx: ssl.SSLContext | None = None
+        if kind == "TLS":
+            ssl_ctx = ssl.create_default_context()
+        _, protocol = await loop.create_connection(
+            lambda: _Stream(self, kind), destination.host, destination.port, ssl=ssl_ctx
+        )
+        return protocol
+
+    async def close(self) -> None:
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        for server in self._servers:
+            server.close()
+        for stream in list(self._streams.values()):
+            if stream.transport is not None:
+                stream.transport.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+def _sockname(obj: asyncio.BaseTransport | object) -> tuple[str, int]:
+    if isinstance(obj, asyncio.BaseTransport):
+        name = obj.get_extra_info("sockname")
+    else:
+        name = obj.getsockname()  # type: ignore[attr-defined]
+    return str(name[0]), int(name[1])
