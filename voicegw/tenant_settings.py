@@ -17,7 +17,7 @@ from voicegw.regions import REGIONS
 
 RecordingMode = Literal["off", "notify", "opt_in", "opt_out"]
 CaptureMethod = Literal["dtmf", "speech"]
-TransferMechanism = Literal["adequacy", "scc", "bcr", "explicit_consent"]
+TransferMechanism = Literal["adequacy", "scc", "bcr"]  # voicegw.privacy.regions.TransferMechanism
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _DTMF_KEYS = re.compile(r"^[0-9*#]{1,4}$")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 # GDPR applies across the EEA, so every EEA member state is one policy region.
-_EEA = (
+EEA = (
     "at", "be", "bg", "hr", "cy", "cz", "dk", "ee", "fi", "fr", "de", "gr", "hu", "ie",
     "it", "lv", "lt", "lu", "mt", "nl", "pl", "pt", "ro", "sk", "si", "es", "se",
     "is", "li", "no",
@@ -22,7 +22,7 @@ _EEA = (
 
 #: location code → policy region. Codes not listed are their own policy region
 #: (``"sg"`` → ``"sg"``), so a new country is never silently merged into another.
-POLICY_REGION_OF_LOCATION: dict[str, str] = {**dict.fromkeys(_EEA, "eu"), "eu": "eu"}
+POLICY_REGION_OF_LOCATION: dict[str, str] = {**dict.fromkeys(EEA, "eu"), "eu": "eu"}
 
 
 def policy_region(location: str, table: dict[str, str] | None = None) -> str:
@@ -33,8 +33,9 @@ def policy_region(location: str, table: dict[str, str] | None = None) -> str:
 class TransferMechanism(StrEnum):
     """Legal grounds a tenant can name for sending data out of its policy region."""
 
-    SCC = "SCC"  # standard contractual clauses (or a region's equivalent standard contract)
-    BCR = "BCR"  # binding corporate rules
+    # Values are the spellings tenants use in their settings (TenantSettings.cross_border).
+    SCC = "scc"  # standard contractual clauses (or a region's equivalent standard contract)
+    BCR = "bcr"  # binding corporate rules
     ADEQUACY = "adequacy"  # the destination is recognised as adequate by the tenant's region
 
 

@@ -9,9 +9,8 @@ transaction or dialog state exists for it, in this order, cheapest first:
 3. parse failure -> ``400`` with a Warning when a response can be formed,
    otherwise dropped (RFC 3261 §8.2 / §17);
 4. a request's top Via is stamped with ``received``/``rport`` (RFC 3261
-   §18.2.1, RFC 3581) so responses find their way back through NAT.
-
-It also holds the response routing rule of RFC 3261 §18.2.2 / RFC 3581 §4.
+   §18.2.1, RFC 3581) so responses find their way back through NAT (the
+   routing itself is :func:`voicegw.sip.transaction_messages.response_destination`).
 """
 
 from __future__ import annotations
@@ -27,15 +26,11 @@ from voicegw.sip.message import (
     SipLimits,
     SipMessage,
     SipRequest,
-    SipResponse,
     build_error_response,
     parse_message,
 )
 from voicegw.sip.security import BanList, RateLimiter
 from voicegw.sip.transaction import Destination
-
-DEFAULT_SIP_PORT = 5060
-DEFAULT_SIPS_PORT = 5061
 
 
 class Dropped(enum.StrEnum):
@@ -87,22 +82,6 @@ def stamp_via(request: SipRequest, source: Destination) -> SipRequest:
         return request
     headers = request.headers.set("Via", ", ".join([str(stamped), *vias[1:]]))
     return dataclasses.replace(request, headers=headers)
-
-
-def response_destination(response: SipResponse, transport: str) -> Destination:
-    """Where a response goes over an unreliable transport (RFC 3261 §18.2.2, RFC 3581 §4).
-
-    Reliable transports answer on the connection the request came in on; the
-    transport layer does that before asking here.
-    """
-    top = Via.parse(response.headers.values("Via")[0])
-    default_port = DEFAULT_SIPS_PORT if top.transport.upper() == "TLS" else DEFAULT_SIP_PORT
-    if top.maddr is not None:
-        return Destination(top.maddr, top.port or default_port, transport)
-    host = top.received or top.host.strip("[]")
-    rport = top.rport
-    port = rport if isinstance(rport, int) and not isinstance(rport, bool) else top.port
-    return Destination(host, port or default_port, transport)
 
 
 class InboundScreen:
