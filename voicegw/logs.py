@@ -16,7 +16,11 @@ import sys
 import time
 from typing import Any
 
-_E164 = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+# A run of digits with the separators people write in phone numbers; dots are left
+# out so IP addresses and versions are not taken for numbers.
+_PHONE_LIKE = re.compile(r"(?<![\w.])\+?\d[\d\s()-]{5,}\d(?![\w.])")
+_MIN_DIGITS, _MAX_DIGITS = 7, 15
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
@@ -37,8 +41,16 @@ def mask_number(number: str | None) -> str:
     return f"{plus}{digits[:2]}****{digits[-4:]}"
 
 
+def _mask_match(match: re.Match[str]) -> str:
+    found = match.group(0)
+    digits = sum(c.isdigit() for c in found)
+    if _ISO_DATE.fullmatch(found):
+        return found
+    return mask_number(found) if _MIN_DIGITS <= digits <= _MAX_DIGITS else found
+
+
 def _mask_text(text: str) -> str:
-    return _E164.sub(lambda m: mask_number(m.group(0)), text)
+    return _PHONE_LIKE.sub(_mask_match, text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -60,3 +60,13 @@ def test_exception_messages_are_not_logged() -> None:
     entry = _format(record)
     assert entry["exc_type"] == "ValueError"
     assert "4111" not in json.dumps(entry)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["http://127.0.0.1:8080", "node 10.1.2.3", "version 1.2.3456789", "port 5060", "2026-11-23"],
+)
+def test_addresses_versions_and_dates_are_not_taken_for_numbers(text: str) -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "event", None, None)
+    record.where = text
+    assert _format(record)["where"] == text
