@@ -11,18 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicegw.sip.sdp import (
-    G722,
-    PCMA,
-    PCMU,
+from voicegw.sip.offer_answer import (
     Answer,
-    Attribute,
-    Crypto,
-    Direction,
     MediaCapabilities,
     RemoteChange,
-    SdpError,
-    SessionDescription,
     SrtpPolicy,
     answer_offer,
     apply_answer,
@@ -30,6 +22,16 @@ from voicegw.sip.sdp import (
     new_origin,
     remote_change,
     with_version,
+)
+from voicegw.sip.sdp import (
+    G722,
+    PCMA,
+    PCMU,
+    Attribute,
+    Crypto,
+    Direction,
+    SdpError,
+    SessionDescription,
 )
 
 
@@ -226,7 +228,7 @@ def test_baresip_best_effort_srtp_is_taken_when_srtp_is_optional() -> None:
 
 def test_rfc3551_g722_is_signalled_at_8000_but_carries_16khz_audio() -> None:
     offer = sdp(BARESIP.replace("RTP/AVP 0 8 9 101", "RTP/AVP 9 0 8 101"))
-    answer = answer_offer(offer, OURS, ORIGIN)
+    answer = answer_offer(offer, replace(OURS, codecs=("G722", "PCMU")), ORIGIN)
     assert (answer.audio.codec, answer.audio.payload_type) == (G722, 9)
     assert answer.audio.codec.sample_rate == 16000
     assert answer.sdp.media[0].values("rtpmap") == [
@@ -493,8 +495,8 @@ APPLY_FAILURES: dict[str, tuple[Callable[[str], str], str]] = {
         "answer changed the transport protocol",
     ),
     "codec not offered": (
-        lambda a: a.replace("RTP/AVP 9 101", "RTP/AVP 18 101").replace(
-            "a=rtpmap:9 G722/8000", "a=rtpmap:18 G729/8000"
+        lambda a: a.replace("RTP/AVP 0 101", "RTP/AVP 18 101").replace(
+            "a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000"
         ),
         "answer has no codec we offered",
     ),
