@@ -25,7 +25,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     sessions = session_factory(engine)
     boot = await bootstrap_if_empty(sessions, settings.storage.data_dir, settings.region)
 
-    runner = web.AppRunner(create_app(sessions), access_log=None)
+    runner = web.AppRunner(create_app(sessions, settings.storage.data_dir), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
     await site.start()

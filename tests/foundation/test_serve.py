@@ -41,10 +41,13 @@ async def test_first_start_creates_demo_tenant_and_private_operator_token(tmp_pa
         assert str(token_file) in banner.decode()
         assert token not in banner.decode()
 
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{port}/api/v1/tenants",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"http://127.0.0.1:{port}/api/v1/tenants",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp,
+        ):
             assert resp.status == 200
             assert [t["id"] for t in (await resp.json())["tenants"]] == ["demo"]
     finally:

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from voicegw.api.context import PRINCIPAL, SESSIONS
+from voicegw.api.context import PRINCIPAL, PROMPTS, SESSIONS
 from voicegw.api.errors import ApiError, Handler, error_middleware
 from voicegw.api.openapi import OPENAPI_PATH, build_openapi
 from voicegw.api.routes import ROUTES
 from voicegw.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from voicegw.store import tokens
+from voicegw.store.prompt_files import MAX_BYTES, PromptLibrary
 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", OPENAPI_PATH})
-MAX_BODY = 1024 * 1024
+#: Static pages carry no data; they call the API with the user's token.
+PUBLIC_PREFIXES = ("/admin/",)
+ADMIN_STATIC = Path(__file__).parent / "admin_static"
+MAX_BODY = MAX_BYTES  # prompt uploads are the largest bodies
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
@@ -56,13 +61,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "database": "ok"})
 
 
-def create_app(sessions: async_sessionmaker[AsyncSession]) -> web.Application:
+async def admin_page(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(ADMIN_STATIC / "admin.html")
+
+
+def create_app(
+    sessions: async_sessionmaker[AsyncSession], data_dir: Path = Path("var")
+) -> web.Application:
     # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
         client_max_size=MAX_BODY,
     )
     app[SESSIONS] = sessions
+    app[PROMPTS] = PromptLibrary(data_dir / "prompts")
     document = build_openapi()
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -71,6 +83,8 @@ def create_app(sessions: async_sessionmaker[AsyncSession]) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", make_aiohttp_handler())
     app.router.add_get(OPENAPI_PATH, openapi)
+    app.router.add_get("/admin/", admin_page)
+    app.router.add_static("/admin/", ADMIN_STATIC, append_version=True)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     return app

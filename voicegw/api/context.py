@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.store.prompt_files import PromptLibrary
 from voicegw.store.tokens import Principal
 
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions", async_sessionmaker)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+PROMPTS: web.AppKey[PromptLibrary] = web.AppKey("prompts", PromptLibrary)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from voicegw.api import admin
+from voicegw.api import admin, prompts
 from voicegw.api.errors import Handler
 from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
 
@@ -99,6 +99,29 @@ ROUTES: tuple[Route, ...] = (
         f"{API}/tenants/{{tenant_id}}/audit",
         admin.tenant_audit,
         "The tenant's audit events (query: after, limit)",
+        ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/prompts",
+        prompts.list_prompts,
+        "List uploaded prompt files",
+        READ,
+    ),
+    Route(
+        "PUT",
+        f"{API}/tenants/{{tenant_id}}/prompts/{{name}}",
+        prompts.upload_prompt,
+        "Upload a prompt WAV (mono, 8-48 kHz, 0.5-60 s; the body is the file); audited",
+        ADMIN,
+        None,
+        201,
+    ),
+    Route(
+        "DELETE",
+        f"{API}/tenants/{{tenant_id}}/prompts/{{name}}",
+        prompts.delete_prompt,
+        "Delete a prompt file; audited",
         ADMIN,
     ),
     Route(
