@@ -63,6 +63,8 @@ async function start() {
   $("#tenant").replaceChildren(...tenants.map((t) => new Option(`${t.name} (${t.id})`, t.id)));
   $("#app").hidden = false;
   $("#signout").hidden = false;
+  $("#token").closest("label").hidden = true;
+  $("#signin button[type=submit]").hidden = true;
   await loadTenant();
 }
 
