@@ -63,9 +63,8 @@ async def test_tenant_admin_changes_recording_mode_and_sees_field_errors(
             await page.wait_for_function(
                 "document.querySelector('#status').textContent === 'saved'"
             )
-            await page.wait_for_selector("#audit tbody tr")
-            audit_rows = await page.inner_text("#audit tbody")
-            assert "tenant.settings.update" in audit_rows
+            # The audit trail below the form shows the change.
+            await page.wait_for_selector("#audit tbody td:text-is('tenant.settings.update')")
 
             # The browser checks ranges itself; the server's verdict on the rest is shown
             # next to the field it names.
