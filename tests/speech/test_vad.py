@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 import pytest
 
 from voicegw.media.vad import Segment, SpeechEnd, SpeechStart, VadEvent, VadSegmenter, VadSettings
@@ -150,3 +151,24 @@ def test_settings_are_validated() -> None:
         VadSettings(aggressiveness=4)
     with pytest.raises(ValueError, match="max_utterance_ms"):
         VadSettings(min_utterance_ms=500, max_utterance_ms=400)
+
+
+def test_segmentation_does_not_depend_on_where_the_clock_starts() -> None:
+    """Float time sums must not move a hang-over boundary (400 ms vs 399.99999 ms)."""
+    rate = 8000
+    frame = rate // 50
+    rng = np.random.default_rng(7)
+    burst = (rng.standard_normal(frame * 25) * 6000).astype(np.int16)
+    gap = np.zeros(frame * 20, dtype=np.int16)  # exactly the 400 ms hang-over
+    audio = np.concatenate([gap, burst, gap, burst, gap, gap])
+
+    def segments(start: float) -> list[tuple[float, float]]:
+        seg = VadSegmenter("caller", rate, VadSettings(aggressiveness=0, hangover_ms=400))
+        out = []
+        for i in range(0, len(audio), frame):
+            for ev in seg.push(audio[i : i + frame].tobytes(), start + i / rate):
+                if isinstance(ev, Segment):
+                    out.append((round(ev.start - start, 6), round(ev.end - start, 6)))
+        return out
+
+    assert segments(0.0) == segments(100.0) == segments(12345.678)

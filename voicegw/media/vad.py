@@ -171,7 +171,7 @@ class VadSegmenter:
         self._utterance.append(item)
         if voiced:
             self._last_voiced_end = end
-            if (end - self._pre_roll_start) * 1000 >= self.settings.max_utterance_ms:
+            if _ms(end - self._pre_roll_start) >= self.settings.max_utterance_ms:
                 return self._split(end)
             return []
         if self._silent_for(end) >= self.settings.hangover_ms:
@@ -183,13 +183,13 @@ class VadSegmenter:
     # --- helpers -----------------------------------------------------------------
 
     def _maybe_confirm(self) -> list[VadEvent]:
-        if (self._last_voiced_end - self._onset) * 1000 < self.settings.min_utterance_ms:
+        if _ms(self._last_voiced_end - self._onset) < self.settings.min_utterance_ms:
             return []
         self._state = _State.SPEECH
         return [SpeechStart(self.party, self._onset)]
 
     def _silent_for(self, end: float) -> float:
-        return (end - self._last_voiced_end) * 1000
+        return _ms(end - self._last_voiced_end)
 
     def _close(self) -> list[VadEvent]:
         start = self._pre_roll_start
@@ -213,13 +213,23 @@ class VadSegmenter:
     def _remember(self, item: _Frame) -> None:
         self._pre_roll.append(item)
         while self._pre_roll and (
-            (self._last_frame_end - self._pre_roll[0].t) * 1000 > self.settings.pre_roll_ms
+            _ms(self._last_frame_end - self._pre_roll[0].t) > self.settings.pre_roll_ms
         ):
             self._pre_roll.popleft()
 
     def _reset(self) -> None:
         self._state = _State.SILENCE
         self._utterance = []
+
+
+def _ms(seconds: float) -> float:
+    """Seconds to milliseconds, rounded to the microsecond.
+
+    Frame times are sums of floats: without rounding, the same audio could end an
+    utterance at 399.99999 ms of silence when its clock starts at 100 s and at
+    400 ms when it starts at 0, and so segment differently.
+    """
+    return round(seconds * 1000, 3)
 
 
 _STEPS = {
