@@ -14,11 +14,14 @@ from voicegw.api.context import PRINCIPAL, PROMPTS, SESSIONS
 from voicegw.api.errors import ApiError, Handler, error_middleware
 from voicegw.api.openapi import OPENAPI_PATH, build_openapi
 from voicegw.api.routes import ROUTES
+from voicegw.api.softphone import SOFTPHONE_PATHS, setup_softphone
+from voicegw.calls.agents import AgentDirectory
+from voicegw.media.webrtc import WebRtcConfig
 from voicegw.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from voicegw.store import tokens
 from voicegw.store.prompt_files import MAX_BYTES, PromptLibrary
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", OPENAPI_PATH})
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", OPENAPI_PATH}) | SOFTPHONE_PATHS
 #: Static pages carry no data; they call the API with the user's token.
 PUBLIC_PREFIXES = ("/admin/",)
 ADMIN_STATIC = Path(__file__).parent / "admin_static"
@@ -66,7 +69,10 @@ async def admin_page(_request: web.Request) -> web.FileResponse:
 
 
 def create_app(
-    sessions: async_sessionmaker[AsyncSession], data_dir: Path = Path("var")
+    sessions: async_sessionmaker[AsyncSession],
+    data_dir: Path = Path("var"),
+    *,
+    agents: AgentDirectory | None = None,
 ) -> web.Application:
     # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
     app = web.Application(
@@ -87,4 +93,5 @@ def create_app(
     app.router.add_static("/admin/", ADMIN_STATIC, append_version=True)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    setup_softphone(app, agents if agents is not None else AgentDirectory(WebRtcConfig()))
     return app
