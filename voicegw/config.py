@@ -69,6 +69,23 @@ class MediaConfig(_Section):
         return self
 
 
+class IceServerConfig(_Section):
+    urls: tuple[str, ...] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcSection(_Section):
+    #: STUN/TURN servers handed to browsers and to our ICE agent. Empty by default:
+    #: nothing is contacted that the operator did not name.
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    #: Addresses offered as host candidates (None: the node's interfaces).
+    host_addresses: tuple[str, ...] | None = ("127.0.0.1",)
+    codecs: tuple[Literal["opus", "PCMU"], ...] = ("opus", "PCMU")
+    #: Seconds an agent stays in wrap-up after a call.
+    wrap_up_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+
 class DatabaseConfig(_Section):
     #: SQLAlchemy async URL; None means SQLite at ``<data_dir>/voicegw.db``.
     url: str | None = None
@@ -80,6 +97,11 @@ class StorageConfig(_Section):
     #: Recordings land under ``<recordings_root>/<region>/``.
     recordings_root: Path | None = None
     key_dir: Path | None = None
+
+
+class PrivacyConfig(_Section):
+    #: The sub-processor list published to tenants (what each vendor is, where it processes).
+    subprocessors_file: Path = Path("config/subprocessors.toml")
 
 
 class LoggingConfig(_Section):
@@ -102,8 +124,10 @@ class Settings(BaseSettings):
     http: HttpConfig = HttpConfig()
     sip: SipConfig = SipConfig()
     media: MediaConfig = MediaConfig()
+    webrtc: WebRtcSection = WebRtcSection()
     database: DatabaseConfig = DatabaseConfig()
     storage: StorageConfig = StorageConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

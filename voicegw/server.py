@@ -10,11 +10,25 @@ from aiohttp import web
 
 from voicegw.api.app import create_app
 from voicegw.bootstrap import bootstrap_if_empty
+from voicegw.calls.agents import AgentDirectory
 from voicegw.config import Settings
+from voicegw.media.webrtc import IceServer, WebRtcConfig
 from voicegw.store import migrate
 from voicegw.store.db import create_engine, session_factory
 
 log = logging.getLogger("voicegw.server")
+
+
+def webrtc_config(settings: Settings) -> WebRtcConfig:
+    section = settings.webrtc
+    return WebRtcConfig(
+        ice_servers=tuple(
+            IceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in section.ice_servers
+        ),
+        host_addresses=section.host_addresses,
+        codecs=section.codecs,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -25,7 +39,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     sessions = session_factory(engine)
     boot = await bootstrap_if_empty(sessions, settings.storage.data_dir, settings.region)
 
-    runner = web.AppRunner(create_app(sessions, settings.storage.data_dir), access_log=None)
+    agents = AgentDirectory(
+        webrtc_config(settings), wrap_up_seconds=settings.webrtc.wrap_up_seconds
+    )
+    app = create_app(sessions, settings.storage.data_dir, agents=agents)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
     await site.start()
@@ -52,4 +70,5 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         log.info("server.stopping")
         await runner.cleanup()
+        await agents.close()
         await engine.dispose()
