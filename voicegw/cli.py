@@ -290,6 +290,121 @@ def audit_verify(config: ConfigOption = None) -> None:
     raise fail(f"audit log BROKEN at event {result.first_bad_seq}: {result.problem}")
 
 
+# --- sub-processors --------------------------------------------------------------
+
+subprocessors_app = typer.Typer(
+    help="The sub-processor list tenants approve from.", no_args_is_help=True
+)
+app.add_typer(subprocessors_app, name="subprocessors")
+
+
+@subprocessors_app.command("list")
+def subprocessors_list(
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's approved sub-processors, with transfers")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print the disclosure table (for a tenant's privacy notice with --tenant)."""
+    from voicegw.privacy.regions import policy_region
+    from voicegw.privacy.subprocessors import SubprocessorConfigError, load_subprocessors
+
+    settings = settings_from(config)
+    try:
+        registry = load_subprocessors(settings.privacy.subprocessors_file)
+    except FileNotFoundError:
+        raise fail(
+            f"sub-processor list {settings.privacy.subprocessors_file} not found; "
+            "set privacy.subprocessors_file"
+        ) from None
+    except SubprocessorConfigError as exc:
+        raise fail(f"{settings.privacy.subprocessors_file}: {exc}") from None
+    entries = list(registry.values())
+    region: str | None = None
+    if tenant is not None:
+
+        async def work(session: AsyncSession) -> TenantSettings:
+            row = await tenants.get_tenant(session, tenant)
+            if row is None:
+                raise fail(f"no tenant {tenant}")
+            return tenants.tenant_settings(row)
+
+        chosen = with_session(config, work)
+        region = chosen.region
+        unknown = [i for i in chosen.approved_subprocessors if i not in registry]
+        if unknown:
+            typer.echo(f"warning: approved but not in the list: {', '.join(unknown)}", err=True)
+        entries = [registry[i] for i in chosen.approved_subprocessors if i in registry]
+        typer.echo(f"Sub-processors approved by {tenant} (region {region}):")
+    header = f"{'id':<12} {'name':<20} {'locations':<12} {'purposes':<40} data"
+    typer.echo(header + ("   transfer" if region else ""))
+    for sub in entries:
+        line = (
+            f"{sub.id:<12} {sub.name:<20} {','.join(sub.locations):<12} "
+            f"{','.join(sorted(p.value for p in sub.purposes)):<40} "
+            f"{','.join(sorted(d.value for d in sub.data_types))}"
+        )
+        if region is not None:
+            abroad = sorted({policy_region(loc) for loc in sub.locations} - {region})
+            line += "   " + (f"cross-border ({','.join(abroad)})" if abroad else "in region")
+        typer.echo(line)
+    if tenant is not None and not entries:
+        typer.echo("(none: no audio or text leaves the gateway for this tenant)")
+
+
+# --- retention -------------------------------------------------------------------
+
+retention_app = typer.Typer(help="Recording and transcript retention.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what is due; delete nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete recordings and transcripts past their retention that are not on legal hold."""
+    from datetime import UTC, datetime
+
+    from voicegw.recording import retention
+    from voicegw.recording.storage import LocalFilesystemStorage
+
+    settings = settings_from(config)
+
+    async def run() -> retention.SweepReport:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            return await retention.sweep(
+                session_factory(engine),
+                LocalFilesystemStorage(settings.recordings_root),
+                now=datetime.now(UTC),
+                dry_run=dry_run,
+                actor=cli_actor(),
+            )
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    verb = "would delete" if report.dry_run else "deleted"
+    for item in report.items:
+        typer.echo(
+            f"{verb} {item.kind.value} {item.tenant_id}/{item.object_id} "
+            f"(retain until {item.retain_until.isoformat()})"
+        )
+    for failure in report.failures:
+        typer.echo(
+            f"not deleted {failure.item.kind.value} {failure.item.tenant_id}/"
+            f"{failure.item.object_id}: {failure.error}; the next run retries it",
+            err=True,
+        )
+    typer.echo(f"{verb} {len(report.items)} object(s)")
+    if report.failures:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="voicegw")
 

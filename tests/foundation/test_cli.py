@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from voicegw.cli import app
+from voicegw.store import migrate
 
 runner = CliRunner()
 
@@ -56,7 +57,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_db_upgrade_reports_revision() -> None:
     code, out, _ = run("db", "upgrade")
     assert code == 0
-    assert "database at revision 0001" in out
+    assert f"database at revision {migrate.head_revision()}" in out
 
 
 def test_tenant_lifecycle_is_audited(data_dir: Path) -> None:
@@ -142,3 +143,43 @@ def test_audit_verify_names_the_first_bad_event(data_dir: Path) -> None:
     code, _, err = run("audit", "verify")
     assert code == 1
     assert "BROKEN at event 2" in err
+
+
+REGISTRY = Path(__file__).parents[2] / "config" / "subprocessors.toml"
+
+
+def test_subprocessors_list_prints_the_disclosure_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEGW_PRIVACY__SUBPROCESSORS_FILE", str(REGISTRY))
+    code, out, _ = run("subprocessors", "list")
+    assert code == 0
+    for name in (
+        "Microsoft Azure",
+        "ElevenLabs",
+        "Tencent Cloud",
+        "Minimax",
+        "Amazon Web Services",
+    ):
+        assert name in out
+
+
+def test_subprocessors_list_for_a_tenant_shows_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEGW_PRIVACY__SUBPROCESSORS_FILE", str(REGISTRY))
+    run("tenant", "create", "acme", "--region", "eu")
+    code, out, _ = run("subprocessors", "list", "--tenant", "acme")
+    assert code == 0
+    assert "none: no audio or text leaves the gateway" in out
+    run("tenant", "set", "acme", 'approved_subprocessors=["tencent","elevenlabs"]')
+    code, out, _ = run("subprocessors", "list", "--tenant", "acme")
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert set(lines) == {"tencent", "elevenlabs"}
+    assert "cross-border (us)" in lines["elevenlabs"]
+    assert "cross-border (sg)" in lines["tencent"]
+
+
+def test_subprocessors_list_names_a_missing_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEGW_PRIVACY__SUBPROCESSORS_FILE", str(tmp_path / "none.toml"))
+    code, _, err = run("subprocessors", "list")
+    assert code == 1
+    assert "privacy.subprocessors_file" in err

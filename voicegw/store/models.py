@@ -138,3 +138,5 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+from voicegw.store import recordings as _recordings  # noqa: E402, F401 - registers its tables
+from voicegw.store import sip_accounts as _sip_accounts  # noqa: E402, F401 - registers its tables

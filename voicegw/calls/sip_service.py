@@ -1,0 +1,535 @@
+"""The node's SIP service: sockets, screening, transactions, digest auth and the registrar.
+
+Wiring, outermost first::
+
+    SipTransports (UDP/TCP/TLS) -> InboundScreen (bans, rate, parse, Via)
+        -> TransactionLayer (retransmissions, timers, CANCEL)
+        -> this module (who may do what) -> registrar + store / on_invite hook
+
+The sans-IO layer keeps one deadline; a single loop timer is re-armed to it
+after every input. Time: the transaction layer and the ban list run on the
+monotonic clock, digest nonces and bindings on wall time (nonces are checked
+by any node sharing the secret, bindings outlive the process).
+
+Who may do what (one table, :data:`METHOD_RULES`):
+
+* OPTIONS is answered 200 for anybody. Carriers and proxies send it as a
+  keep-alive and never answer a challenge; it creates no state and reveals
+  only what Allow/Accept say. The rate limiter still applies.
+* REGISTER, INVITE and BYE need digest credentials (401 with SHA-256 and MD5
+  challenges). We are the UAS for all of them, hence 401/WWW-Authenticate
+  rather than a proxy's 407.
+* Methods we do not implement are refused (405 with Allow, or 501) without a
+  challenge: asking for credentials first would only add a round trip.
+
+The realm of a request is derived from its text only (Request-URI host for
+REGISTER, From host otherwise): ``<tenant>.<domain>`` when it has that shape,
+else the bare domain, where no credential exists. No lookup happens before
+the challenge, so a challenge says nothing about which tenants or users exist.
+The tenant a request acts for is the tenant of the credential that verified,
+never anything the request claims. An unknown user and a wrong password go
+through the same lookup and :meth:`DigestAuthenticator.verify` path and get
+byte-identical 401s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import ssl
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from voicegw.sip.digest import (
+    Accepted,
+    DigestAuthenticator,
+    DigestError,
+    Rejection,
+    parse_credentials,
+)
+from voicegw.sip.edge import InboundScreen
+from voicegw.sip.message import SipMessage, SipRequest, SipResponse, make_response
+from voicegw.sip.registrar import (
+    DEFAULT_POLICY,
+    RegistrarPolicy,
+    address_of_record,
+    process_register,
+)
+from voicegw.sip.security import BanList, RateLimiter, SecurityEvent, source_key
+from voicegw.sip.transaction import Destination
+from voicegw.sip.transaction_layer import (
+    CancelReceived,
+    Outgoing,
+    RequestReceived,
+    ResponseReceived,
+    TransactionId,
+    TransactionLayer,
+    TransactionTimedOut,
+    TransportFailed,
+)
+from voicegw.sip.transport import ListenAddresses, SipTransports
+from voicegw.sip.uri import SipURI
+from voicegw.store import sip_accounts
+from voicegw.store.tenants import TENANT_ID
+
+log = logging.getLogger("voicegw.calls.sip")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+ACCEPT = "application/sdp"
+MAX_REALMS = 1024
+
+
+def tenant_realm(tenant_id: str, domain: str) -> str:
+    """The digest realm (and SIP domain of the AORs) of a tenant: ``<tenant>.<domain>``."""
+    return f"{tenant_id}.{domain}".lower()
+
+
+@dataclass(frozen=True, slots=True)
+class SipServiceConfig:
+    #: The operator's SIP domain; tenant realms are ``<tenant>.<domain>``.
+    domain: str
+    #: Keys digest nonces; nodes sharing it accept each other's nonces (>= 16 bytes).
+    nonce_secret: bytes = field(repr=False)
+    listen: ListenAddresses = field(
+        default_factory=lambda: ListenAddresses(udp=("127.0.0.1", 5060))
+    )
+    registrar: RegistrarPolicy = DEFAULT_POLICY
+    #: Offered in this order (RFC 8760: strongest first). Some deployed UAs give
+    #: up on the whole 401 when any challenge names an algorithm they lack
+    #: (baresip 1.0 / libre answers "Function not implemented" to SHA-256):
+    #: fleets of those need ("MD5",). Operator-wide, so a challenge never
+    #: depends on who asks.
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    #: Requests being authenticated or handled at once; beyond it, 503.
+    max_pending: int = 256
+    retry_after: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedRequest:
+    """A request whose digest credentials verified, with the identity they prove."""
+
+    transaction: TransactionId
+    request: SipRequest
+    source: Destination
+    tenant_id: str
+    username: str
+    realm: str
+    #: The digest algorithm the client chose (``SHA-256`` or ``MD5``).
+    algorithm: str
+
+
+#: The call layer's entry point for an authenticated INVITE. It answers
+#: through :meth:`SipService.respond` (provisional and final responses).
+InviteHandler = Callable[["SipService", AuthenticatedRequest], Awaitable[None]]
+
+
+class DialogRequests(Protocol):
+    """The call layer's side of requests that belong to calls (see :mod:`voicegw.calls.sip_calls`).
+
+    In-dialog requests are not challenged: a trunk cannot answer a challenge,
+    and the dialog's tags (ours random) already bind the request to a call
+    that was authorised when it was set up.
+    """
+
+    def in_dialog(
+        self, transaction: TransactionId | None, request: SipRequest, source: Destination
+    ) -> bool:
+        """Take a request with a To tag (or an ACK for a 2xx); False if no call knows it."""
+        ...
+
+    def cancelled(self, transaction: TransactionId) -> None:
+        """The INVITE ``transaction`` was cancelled (487 already sent if it was unanswered)."""
+        ...
+
+    def client_event(self, event: ResponseReceived | TransactionTimedOut | TransportFailed) -> None:
+        """What became of a request the call layer sent (BYE, ...)."""
+        ...
+
+    async def open_invite(
+        self, transaction: TransactionId, request: SipRequest, source: Destination
+    ) -> bool:
+        """An INVITE without credentials: True if its target takes unauthenticated calls
+        (a tenant's own number) and the call layer handles it; False to challenge it."""
+        ...
+
+
+async def not_yet_routed(service: SipService, invite: AuthenticatedRequest) -> None:
+    """Default INVITE handler until the call layer takes over: 480, nothing is set up."""
+    service.respond(invite.transaction, make_response(invite.request, 480, "Not Yet Routed"))
+
+
+class Rule(enum.Enum):
+    """What the service does with a new request of a method."""
+
+    ANSWER_OPTIONS = "options"
+    AUTH_REGISTER = "register"
+    AUTH_INVITE = "invite"
+    AUTH_NO_DIALOG = "no-dialog"  # authenticated, then 481: dialogs are the call layer's
+    NOT_ALLOWED = "405"
+    NOT_IMPLEMENTED = "501"
+
+
+METHOD_RULES: dict[str, Rule] = {
+    "OPTIONS": Rule.ANSWER_OPTIONS,
+    "REGISTER": Rule.AUTH_REGISTER,
+    "INVITE": Rule.AUTH_INVITE,
+    "BYE": Rule.AUTH_NO_DIALOG,
+    **{
+        method: Rule.NOT_ALLOWED
+        for method in (
+            "SUBSCRIBE",
+            "NOTIFY",
+            "MESSAGE",
+            "INFO",
+            "UPDATE",
+            "PRACK",
+            "REFER",
+            "PUBLISH",
+        )
+    },
+}
+
+
+def mask_host(host: str) -> str:
+    """An address for logs: IPv4 without its last octet, IPv6 only its /48."""
+    try:
+        address = ipaddress.ip_address(host.split("/")[0].strip("[]"))
+    except ValueError:
+        return "invalid"
+    if isinstance(address, ipaddress.IPv4Address):
+        return ".".join(str(address).split(".")[:3]) + ".x"
+    return str(ipaddress.IPv6Network((address, 48), strict=False))
+
+
+class SipService:
+    """One node's SIP endpoint: answers OPTIONS, registers users, authenticates INVITEs."""
+
+    def __init__(
+        self,
+        config: SipServiceConfig,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        bans: BanList | None = None,
+        rate: RateLimiter | None = None,
+        layer: TransactionLayer | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_invite: InviteHandler = not_yet_routed,
+        on_security_event: Callable[[SecurityEvent], None] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.bans = bans or BanList()
+        self.layer = layer or TransactionLayer()
+        self.wall_clock = wall_clock
+        self.on_invite = on_invite
+        #: The call layer, once attached: in-dialog requests, CANCEL, our requests' fate.
+        self.dialogs: DialogRequests | None = None
+        #: Told of every ban (metrics, alerting); it runs on the event loop: keep it quick.
+        self.on_security_event = on_security_event
+        self.screen = InboundScreen(self.bans, rate or RateLimiter(rate=50.0, burst=100.0))
+        self.transports = SipTransports(self.screen, self._on_message, tls_context)
+        self.security_events: deque[SecurityEvent] = deque(maxlen=100)  # the latest bans
+        self._authenticators: OrderedDict[str, DigestAuthenticator] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # Registrar read-modify-write is serialised per node (REGISTERs are light).
+        self._register_lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> ListenAddresses:
+        self._sender = asyncio.create_task(self._send_loop(), name="sip-sender")
+        return await self.transports.start(self.config.listen)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in [*self._tasks, *([self._sender] if self._sender else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+        await self.transports.close()
+
+    # --- the call layer's surface ---------------------------------------------------------
+
+    def respond(self, transaction: TransactionId, response: SipResponse) -> bool:
+        """Send a response in a server transaction; False if its state forbids it."""
+        sent = self.layer.send_response(transaction, response, self._mono())
+        self._pump()
+        return sent
+
+    def send_request(self, request: SipRequest, destination: Destination) -> TransactionId:
+        """Start a client transaction (an in-dialog BYE, INFO ...); its fate goes to ``dialogs``."""
+        tid = self.layer.send_request(request, destination, self._mono())
+        self._pump()
+        return tid
+
+    def send_stateless(self, message: SipRequest | SipResponse, destination: Destination) -> None:
+        """Send outside any transaction: a dialog's 2xx retransmission or ACK."""
+        self.layer.send_stateless(message, destination)
+        self._pump()
+
+    def realm_for(self, request: SipRequest) -> str:
+        """The realm to challenge ``request`` in, from its text alone (see the module doc)."""
+        uri = request.uri if request.method == "REGISTER" else request.from_.uri
+        host = uri.host.lower() if isinstance(uri, SipURI) else ""
+        label, dot, rest = host.partition(".")
+        if dot and rest == self.config.domain.lower() and TENANT_ID.match(label):
+            return host
+        return self.config.domain.lower()
+
+    # --- bytes and time in, bytes out ------------------------------------------------------
+
+    def _mono(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _on_message(self, message: SipMessage, source: Destination) -> None:
+        if isinstance(message, SipRequest):
+            self.layer.receive_request(message, source, self._mono())
+        else:
+            self.layer.receive_response(message, source, self._mono())
+        self._pump()
+
+    def _pump(self) -> None:
+        # Events first: answering one (OPTIONS, 405 ...) queues a message sent just below.
+        while (event := self.layer.next_event()) is not None:
+            if isinstance(event, RequestReceived) and event.transaction is not None:
+                self._dispatch(event.transaction, event.request, event.source)
+            elif isinstance(event, RequestReceived) and self.dialogs is not None:
+                self.dialogs.in_dialog(None, event.request, event.source)  # ACK for a 2xx
+            elif isinstance(event, CancelReceived):
+                # The INVITE handler owns the call; if it has not answered yet, 487 ends it.
+                self.layer.send_response(
+                    event.transaction, make_response(event.cancel, 487), self._mono()
+                )
+                if self.dialogs is not None:
+                    self.dialogs.cancelled(event.transaction)
+            elif (
+                isinstance(event, ResponseReceived | TransactionTimedOut | TransportFailed)
+                and self.dialogs is not None
+            ):
+                self.dialogs.client_event(event)
+        for out in self.layer.messages_to_send():
+            self._outbox.put_nowait(out)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        at = self.layer.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = None if at is None else asyncio.get_running_loop().call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, None
+        self.layer.handle_timer(self._mono())
+        self._pump()
+
+    async def _send_loop(self) -> None:
+        # One sender keeps the order of what the layer queued, per destination too.
+        while True:
+            out = await self._outbox.get()
+            try:
+                await self.transports.send(bytes(out.message), out.destination)
+            except OSError as error:
+                log.info("sip.send_failed", extra={"error": type(error).__name__})
+                if out.transaction is not None:
+                    self.layer.transport_error(out.transaction, self._mono())
+                    self._pump()
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, tid: TransactionId, request: SipRequest, source: Destination) -> None:
+        if (
+            self.dialogs is not None
+            and request.to.tag is not None
+            and self.dialogs.in_dialog(tid, request, source)
+        ):
+            return
+        rule = METHOD_RULES.get(request.method, Rule.NOT_IMPLEMENTED)
+        if rule is Rule.ANSWER_OPTIONS:
+            headers = (("Allow", ALLOW), ("Accept", ACCEPT))
+            self._answer(tid, make_response(request, 200, headers=headers))
+        elif rule is Rule.NOT_ALLOWED:
+            self._answer(tid, make_response(request, 405, headers=(("Allow", ALLOW),)))
+        elif rule is Rule.NOT_IMPLEMENTED:
+            self._answer(tid, make_response(request, 501))
+        elif len(self._tasks) >= self.config.max_pending:
+            retry = (("Retry-After", str(self.config.retry_after)),)
+            self._answer(tid, make_response(request, 503, headers=retry))
+        else:
+            self._spawn(self._authenticated(rule, tid, request, source), tid, request)
+
+    def _answer(self, tid: TransactionId, response: SipResponse) -> None:
+        # Called while pumping: the outer _pump collects what this queues.
+        self.layer.send_response(tid, response, self._mono())
+
+    def _spawn(
+        self, work: Coroutine[Any, Any, None], tid: TransactionId, request: SipRequest
+    ) -> None:
+        task = asyncio.create_task(self._guarded(work, tid, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(
+        self, work: Coroutine[Any, Any, None], tid: TransactionId, request: SipRequest
+    ) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # Type only: the message may quote request bytes. The request still gets an answer.
+            log.error("sip.handler_failed", extra={"error": type(error).__name__})
+            self.respond(tid, make_response(request, 500))
+
+    async def _authenticated(
+        self, rule: Rule, tid: TransactionId, request: SipRequest, source: Destination
+    ) -> None:
+        if (
+            rule is Rule.AUTH_INVITE
+            and self.dialogs is not None
+            and not request.headers.get_all("Authorization")
+            and await self.dialogs.open_invite(tid, request, source)
+        ):
+            return
+        who = await self._authenticate(tid, request, source)
+        if isinstance(who, Rejection):
+            challenges = tuple(("WWW-Authenticate", value) for value in who.challenges)
+            self.respond(tid, make_response(request, 401, headers=challenges))
+            return
+        if rule is Rule.AUTH_REGISTER:
+            await self._register(who)
+        elif rule is Rule.AUTH_INVITE:
+            await self.on_invite(self, who)
+        else:
+            self.respond(tid, make_response(request, 481))
+
+    # --- authentication -------------------------------------------------------------------
+
+    def _authenticator(self, realm: str) -> DigestAuthenticator:
+        found = self._authenticators.get(realm)
+        if found is None:
+            # Bounded: realms come from request text; a forgotten one only costs a stale nonce.
+            if len(self._authenticators) >= MAX_REALMS:
+                self._authenticators.popitem(last=False)
+            found = DigestAuthenticator(
+                realm, self.config.nonce_secret, algorithms=self.config.digest_algorithms
+            )
+            self._authenticators[realm] = found
+        else:
+            self._authenticators.move_to_end(realm)
+        return found
+
+    async def _authenticate(
+        self, tid: TransactionId, request: SipRequest, source: Destination
+    ) -> AuthenticatedRequest | Rejection:
+        realm = self.realm_for(request)
+        authenticator = self._authenticator(realm)
+        client_key = source_key(source.host)
+        values = request.headers.get_all("Authorization")
+        username = _username_for(values, realm)
+        # Known or not, every claimed username costs the same lookup and verify.
+        record = None
+        if username is not None:
+            async with self.sessions() as session:
+                record = await sip_accounts.find_credential(session, realm, username)
+
+        def lookup(user: str, algorithm_name: str) -> str | None:
+            if record is None or user != record.username:
+                return None
+            return record.ha1_for(algorithm_name)
+
+        verdict = authenticator.verify(
+            values,
+            method=request.method,
+            now=self.wall_clock(),
+            lookup=lookup,
+            client_key=client_key,
+        )
+        if isinstance(verdict, Accepted) and record is not None:
+            self.bans.record_success(source.host)
+            return AuthenticatedRequest(
+                tid, request, source, record.tenant_id, record.username, realm, verdict.algorithm
+            )
+        assert isinstance(verdict, Rejection)
+        if verdict.counts_as_failure:
+            self._record_failure(source)
+        return verdict
+
+    def _record_failure(self, source: Destination) -> None:
+        now = time.monotonic()
+        event = self.bans.record_failure(source.host, now)
+        if event is None:
+            return
+        self.security_events.append(event)
+        if self.on_security_event is not None:
+            self.on_security_event(event)
+        log.warning(
+            "sip.security.ban",
+            extra={
+                "source": mask_host(event.source),
+                "reason": event.reason.value,
+                "failures": event.failures,
+                "ban_seconds": round(event.until - now),
+            },
+        )
+
+    # --- registrar ------------------------------------------------------------------------
+
+    async def _register(self, who: AuthenticatedRequest) -> None:
+        aor = address_of_record(who.request.to.uri)
+        async with self._register_lock, self.sessions.begin() as session:
+            current = (
+                [] if aor is None else await sip_accounts.load_bindings(session, who.tenant_id, aor)
+            )
+            result = process_register(
+                who.request,
+                username=who.username,
+                domain=who.realm,
+                current=current,
+                source=who.source,
+                now=self.wall_clock(),
+                policy=self.config.registrar,
+            )
+            await sip_accounts.apply_binding_changes(
+                session, who.tenant_id, result.saved, result.removed
+            )
+        log.info(
+            "sip.register",
+            extra={
+                "tenant_id": who.tenant_id,
+                "algorithm": who.algorithm,
+                "status": result.response.status,
+                "refusal": None if result.refusal is None else result.refusal.name,
+                "bindings": len(result.bindings),
+            },
+        )
+        self.respond(who.transaction, result.response)
+
+
+def _username_for(values: list[str], realm: str) -> str | None:
+    """The username of the first credentials for ``realm`` (the ones verify will check)."""
+    for value in values:
+        try:
+            credentials = parse_credentials(value)
+        except DigestError:
+            return None  # verify rejects the whole set as malformed
+        if credentials.realm == realm:
+            return credentials.username
+    return None
