@@ -34,6 +34,16 @@ class HttpConfig(_Section):
 
 class SipConfig(_Section):
     host: str = "127.0.0.1"
+    #: The operator's SIP domain: a tenant's realm (and users' AOR host) is <tenant>.<domain>.
+    domain: str = Field(
+        default="voicegw.local", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+    )
+    #: Digest algorithms challenged with, strongest first. Some deployed phones give
+    #: up on any 401 naming an algorithm they lack (baresip 1.0 and SHA-256): a fleet
+    #: of those needs ["MD5"].
+    digest_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
+        default=("SHA-256", "MD5"), min_length=1
+    )
     udp_port: int | None = Field(default=5060, ge=1, le=65535)
     tcp_port: int | None = Field(default=5060, ge=1, le=65535)
     tls_port: int | None = Field(default=None, ge=1, le=65535)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
+import ssl
+from pathlib import Path
 
 from aiohttp import web
 
 from voicegw.api.app import create_app
-from voicegw.bootstrap import bootstrap_if_empty
+from voicegw.bootstrap import bootstrap_if_empty, write_secret
 from voicegw.calls.agents import AgentDirectory
+from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.config import Settings
 from voicegw.media.webrtc import IceServer, WebRtcConfig
+from voicegw.sip.timers import TimerConfig
+from voicegw.sip.transaction_layer import TransactionLayer
+from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate
 from voicegw.store.db import create_engine, session_factory
 
@@ -31,6 +38,39 @@ def webrtc_config(settings: Settings) -> WebRtcConfig:
     )
 
 
+def nonce_secret(key_dir: Path) -> bytes:
+    """The digest-nonce key, created once (0600); nodes sharing it accept each other's nonces."""
+    path = key_dir / "sip-nonce-secret"
+    if not path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_secret(path, secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def sip_service_config(settings: Settings) -> SipServiceConfig:
+    sip = settings.sip
+    host = sip.host
+    return SipServiceConfig(
+        domain=sip.domain,
+        nonce_secret=nonce_secret(settings.key_dir),
+        listen=ListenAddresses(
+            udp=(host, sip.udp_port) if sip.udp_port else None,
+            tcp=(host, sip.tcp_port) if sip.tcp_port else None,
+            tls=(host, sip.tls_port) if sip.tls_port else None,
+        ),
+        digest_algorithms=sip.digest_algorithms,
+    )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    sip = settings.sip
+    if sip.tls_port is None or sip.tls_certificate is None or sip.tls_private_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sip.tls_certificate, sip.tls_private_key)
+    return context
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     own_stop = stop is None
     stop = stop or asyncio.Event()
@@ -44,31 +84,55 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     app = create_app(sessions, settings.storage.data_dir, agents=agents)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, settings.http.port)
-    await site.start()
-    base = settings.http.public_url or f"http://{settings.http.host}:{settings.http.port}"
-    log.info("server.started", extra={"http": base, "node": settings.node_name})
-    print(
-        f"voicegw {settings.node_name} is up. Admin API: {base}/api/v1 "
-        f"(OpenAPI: {base}/api/v1/openapi.json)"
+    sip = SipService(
+        sip_service_config(settings),
+        sessions,
+        layer=TransactionLayer(TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4)),
+        tls_context=tls_context(settings),
     )
-    if boot is not None:
-        print(
-            f"First start: created tenant '{boot.tenant_id}' and an operator token in "
-            f"{boot.token_file} (mode 0600). Try:\n"
-            f'  curl -H "Authorization: Bearer $(cat {boot.token_file})" {base}/api/v1/tenants',
-            flush=True,
-        )
-
-    if own_stop:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     try:
+        bound = await sip.start()
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        base = settings.http.public_url or f"http://{settings.http.host}:{settings.http.port}"
+        log.info(
+            "server.started",
+            extra={
+                "http": base,
+                "node": settings.node_name,
+                "sip_udp": str(bound.udp),
+                "sip_tcp": str(bound.tcp),
+                "sip_tls": str(bound.tls),
+            },
+        )
+        sip_at = ", ".join(
+            f"{name} {addr[0]}:{addr[1]}"
+            for name, addr in (("UDP", bound.udp), ("TCP", bound.tcp), ("TLS", bound.tls))
+            if addr is not None
+        )
+        print(
+            f"voicegw {settings.node_name} is up.\n"
+            f"  SIP: {sip_at} (domain {settings.sip.domain})\n"
+            f"  Admin API: {base}/api/v1 (OpenAPI: {base}/api/v1/openapi.json)\n"
+            f"  Admin page: {base}/admin/   Agent softphone: {base}/softphone"
+        )
+        if boot is not None:
+            print(
+                f"First start: created tenant '{boot.tenant_id}' and an operator token in "
+                f"{boot.token_file} (mode 0600). Try:\n"
+                f'  curl -H "Authorization: Bearer $(cat {boot.token_file})" '
+                f"{base}/api/v1/tenants",
+                flush=True,
+            )
+        if own_stop:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         log.info("server.stopping")
+        await sip.stop()
         await runner.cleanup()
         await agents.close()
         await engine.dispose()
