@@ -82,7 +82,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     agents = AgentDirectory(
         webrtc_config(settings), wrap_up_seconds=settings.webrtc.wrap_up_seconds
     )
-    app = create_app(sessions, settings.storage.data_dir, agents=agents)
+    app = create_app(
+        sessions, settings.storage.data_dir, agents=agents, sip_domain=settings.sip.domain
+    )
     runner = web.AppRunner(app, access_log=None)
     sip = SipService(
         sip_service_config(settings),

@@ -10,7 +10,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from voicegw.api.context import PRINCIPAL, PROMPTS, SESSIONS
+from voicegw.api.context import PRINCIPAL, PROMPTS, SESSIONS, SIP_DOMAIN
 from voicegw.api.errors import ApiError, Handler, error_middleware
 from voicegw.api.openapi import OPENAPI_PATH, build_openapi
 from voicegw.api.routes import ROUTES
@@ -73,6 +73,7 @@ def create_app(
     data_dir: Path = Path("var"),
     *,
     agents: AgentDirectory | None = None,
+    sip_domain: str = "voicegw.local",
 ) -> web.Application:
     # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
     app = web.Application(
@@ -81,6 +82,7 @@ def create_app(
     )
     app[SESSIONS] = sessions
     app[PROMPTS] = PromptLibrary(data_dir / "prompts")
+    app[SIP_DOMAIN] = sip_domain
     document = build_openapi()
 
     async def openapi(_request: web.Request) -> web.Response:

@@ -11,3 +11,4 @@ from voicegw.store.tokens import Principal
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions", async_sessionmaker)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 PROMPTS: web.AppKey[PromptLibrary] = web.AppKey("prompts", PromptLibrary)
+SIP_DOMAIN: web.AppKey[str] = web.AppKey("sip_domain", str)

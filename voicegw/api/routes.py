@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from voicegw.api import admin, prompts
+from voicegw.api import admin, prompts, sip_users
 from voicegw.api.errors import Handler
 from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
 
@@ -122,6 +122,29 @@ ROUTES: tuple[Route, ...] = (
         f"{API}/tenants/{{tenant_id}}/prompts/{{name}}",
         prompts.delete_prompt,
         "Delete a prompt file; audited",
+        ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/sip-users",
+        sip_users.list_sip_users,
+        "List the tenant's SIP logins (phones)",
+        READ,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/sip-users",
+        sip_users.create_sip_user,
+        "Create a SIP login; only digests of the password are stored; audited",
+        ADMIN,
+        sip_users.SipUserCreate,
+        201,
+    ),
+    Route(
+        "DELETE",
+        f"{API}/tenants/{{tenant_id}}/sip-users/{{username}}",
+        sip_users.disable_sip_user,
+        "Disable a SIP login; audited",
         ADMIN,
     ),
     Route(

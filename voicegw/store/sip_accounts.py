@@ -297,3 +297,13 @@ __all__: Sequence[str] = (
     "purge_expired",
     "set_credential_enabled",
 )
+
+
+async def list_credentials(session: AsyncSession, tenant_id: str) -> list[CredentialRecord]:
+    """A tenant's SIP logins (without their digests in any view that leaves the process)."""
+    rows = await session.execute(
+        select(SipCredential)
+        .where(SipCredential.tenant_id == tenant_id)
+        .order_by(SipCredential.username)
+    )
+    return [_record(row) for row in rows.scalars()]
