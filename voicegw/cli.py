@@ -405,6 +405,178 @@ def retention_run(
         raise typer.Exit(1)
 
 
+# --- recordings ------------------------------------------------------------------
+
+recordings_app = typer.Typer(
+    help="Stored call recordings: list, verify, export, legal hold.", no_args_is_help=True
+)
+app.add_typer(recordings_app, name="recordings")
+
+TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant id")]
+
+
+async def _recording_row(session: AsyncSession, tenant: str, recording_id: str) -> Any:
+    from voicegw.store import recordings as store
+
+    if await tenants.get_tenant(session, tenant) is None:
+        raise fail(f"no tenant {tenant}")
+    row = await store.get_recording(session, tenant, recording_id)
+    if row is None:
+        raise fail(f"no recording {recording_id} in tenant {tenant}")
+    return row
+
+
+@recordings_app.command("list")
+def recordings_list(
+    tenant: TenantOption,
+    call_id: Annotated[str | None, typer.Option(help="Only this call's recordings")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List a tenant's recordings (id, state, duration, retention, legal hold)."""
+    from voicegw.store import recordings as store
+
+    async def work(session: AsyncSession) -> list[Any]:
+        if await tenants.get_tenant(session, tenant) is None:
+            raise fail(f"no tenant {tenant}")
+        return list(await store.list_recordings(session, tenant, call_id=call_id))
+
+    rows = with_session(config, work)
+    for row in rows:
+        seconds = f"{row.duration_seconds:.1f}s" if row.duration_seconds is not None else "?"
+        retain = store.as_utc(row.retain_until).date().isoformat()
+        hold = "  HOLD" if row.legal_hold else ""
+        typer.echo(
+            f"{row.id}  {row.call_id}  {row.state}  {seconds}  retain until {retain}{hold}"
+        )
+    typer.echo(f"{len(rows)} recording(s)")
+
+
+@recordings_app.command("verify")
+def recordings_verify(
+    recording_id: Annotated[str, typer.Argument(help="Recording id")],
+    tenant: TenantOption,
+    config: ConfigOption = None,
+) -> None:
+    """Check a stored recording against its metadata and its authentication; exit 1 if not."""
+    from voicegw.api.recordings import check_stored
+    from voicegw.recording.keys import LocalKeyring
+    from voicegw.recording.storage import LocalFilesystemStorage
+
+    settings = settings_from(config)
+
+    async def work(session: AsyncSession) -> Any:
+        return await _recording_row(session, tenant, recording_id)
+
+    row = with_session(config, work)
+    result = check_stored(
+        LocalFilesystemStorage(settings.recordings_root), LocalKeyring(settings.key_dir), row
+    )
+    if result.ok:
+        done = "complete" if result.complete else "incomplete"
+        typer.echo(f"recording {recording_id}: OK ({result.chunks} chunks, {done})")
+        return
+    raise fail(
+        f"recording {recording_id} FAILED verification: {result.problem or 'metadata mismatch'} "
+        f"(matches metadata: {result.matches_metadata}, authenticates: {result.authenticates})"
+    )
+
+
+@recordings_app.command("export")
+def recordings_export(
+    recording_id: Annotated[str, typer.Argument(help="Recording id")],
+    tenant: TenantOption,
+    output: Annotated[Path, typer.Option(help="WAV file to write (mode 0600)")],
+    config: ConfigOption = None,
+) -> None:
+    """Decrypt a recording to a 2-channel WAV file (audited before a byte is written)."""
+    import os
+
+    from voicegw.api.recordings import Export, ExportRefused, open_export, preamble_of
+    from voicegw.recording.errors import ContainerError
+    from voicegw.recording.keys import LocalKeyring
+    from voicegw.recording.storage import LocalFilesystemStorage
+    from voicegw.store import recordings as store
+
+    settings = settings_from(config)
+    storage = LocalFilesystemStorage(settings.recordings_root)
+    keys = LocalKeyring(settings.key_dir)
+
+    async def work(session: AsyncSession) -> tuple[Any, Export]:
+        row = await _recording_row(session, tenant, recording_id)
+        try:
+            export = await asyncio.to_thread(open_export, storage, keys, row)
+        except ExportRefused as exc:
+            raise fail(f"recording {recording_id} not exported: {exc.message}") from None
+        await audit.append(
+            session,
+            actor=cli_actor(),
+            tenant_id=tenant,
+            action="recording.export",
+            target=store.target_of(row),
+            details={
+                "plaintext_bytes": export.plaintext_bytes,
+                "complete": export.complete,
+                "ciphertext_sha256": row.ciphertext_sha256,
+                "via": "cli",
+            },
+        )
+        return row, export
+
+    row, export = with_session(config, work)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        preamble, _ = preamble_of(row, export)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(preamble)
+            for block in export.chunks():
+                out.write(block)
+        os.replace(partial, output)
+    except (ContainerError, ExportRefused) as exc:
+        partial.unlink(missing_ok=True)
+        raise fail(f"recording {recording_id} not exported: {exc}") from None
+    finally:
+        export.close()
+    typer.echo(
+        f"exported recording {recording_id} to {output} "
+        f"({row.channels} channels, {row.sample_rate} Hz, {export.plaintext_bytes} bytes of audio"
+        f"{'' if export.complete else ', INCOMPLETE: readable part only'})"
+    )
+
+
+@recordings_app.command("hold")
+def recordings_hold(
+    recording_id: Annotated[str, typer.Argument(help="Recording id")],
+    tenant: TenantOption,
+    reason: Annotated[str | None, typer.Option(help="Why it must be kept (to place)")] = None,
+    release: Annotated[bool, typer.Option("--release", help="Lift the hold")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Place (--reason) or release (--release) a legal hold; audited."""
+    from voicegw.store import recordings as store
+
+    if not release and not reason:
+        raise fail("--reason is required to place a legal hold (or pass --release)")
+
+    async def work(session: AsyncSession) -> None:
+        await _recording_row(session, tenant, recording_id)
+        try:
+            await store.set_legal_hold(
+                session,
+                actor=cli_actor(),
+                kind=store.ObjectKind.RECORDING,
+                tenant_id=tenant,
+                object_id=recording_id,
+                hold=not release,
+                reason=None if release else reason,
+            )
+        except store.StateError as exc:
+            raise fail(str(exc)) from None
+
+    with_session(config, work)
+    typer.echo(f"legal hold {'released' if release else 'placed'} on recording {recording_id}")
+
+
 def main() -> None:
     app(prog_name="voicegw")
 

@@ -17,6 +17,8 @@ from voicegw.calls.agents import AgentDirectory
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.config import Settings
 from voicegw.media.webrtc import IceServer, WebRtcConfig
+from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.storage import LocalFilesystemStorage
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
@@ -83,7 +85,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         webrtc_config(settings), wrap_up_seconds=settings.webrtc.wrap_up_seconds
     )
     app = create_app(
-        sessions, settings.storage.data_dir, agents=agents, sip_domain=settings.sip.domain
+        sessions,
+        settings.storage.data_dir,
+        agents=agents,
+        sip_domain=settings.sip.domain,
+        recording_storage=LocalFilesystemStorage(settings.recordings_root),
+        recording_keys=LocalKeyring(settings.key_dir),
     )
     runner = web.AppRunner(app, access_log=None)
     sip = SipService(

@@ -10,7 +10,14 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from voicegw.api.context import PRINCIPAL, PROMPTS, SESSIONS, SIP_DOMAIN
+from voicegw.api.context import (
+    PRINCIPAL,
+    PROMPTS,
+    RECORDINGS,
+    SESSIONS,
+    SIP_DOMAIN,
+    RecordingVault,
+)
 from voicegw.api.errors import ApiError, Handler, error_middleware
 from voicegw.api.openapi import OPENAPI_PATH, build_openapi
 from voicegw.api.routes import ROUTES
@@ -18,6 +25,8 @@ from voicegw.api.softphone import SOFTPHONE_PATHS, setup_softphone
 from voicegw.calls.agents import AgentDirectory
 from voicegw.media.webrtc import WebRtcConfig
 from voicegw.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from voicegw.recording.keys import KeyUnwrapper, LocalKeyring
+from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.store import tokens
 from voicegw.store.prompt_files import MAX_BYTES, PromptLibrary
 
@@ -74,6 +83,8 @@ def create_app(
     *,
     agents: AgentDirectory | None = None,
     sip_domain: str = "voicegw.local",
+    recording_storage: StorageBackend | None = None,
+    recording_keys: KeyUnwrapper | None = None,
 ) -> web.Application:
     # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
     app = web.Application(
@@ -83,6 +94,13 @@ def create_app(
     app[SESSIONS] = sessions
     app[PROMPTS] = PromptLibrary(data_dir / "prompts")
     app[SIP_DOMAIN] = sip_domain
+    # Defaults follow Settings: <data_dir>/recordings and <data_dir>/keys.
+    app[RECORDINGS] = RecordingVault(
+        recording_storage
+        if recording_storage is not None
+        else LocalFilesystemStorage(data_dir / "recordings"),
+        recording_keys if recording_keys is not None else LocalKeyring(data_dir / "keys"),
+    )
     document = build_openapi()
 
     async def openapi(_request: web.Request) -> web.Response:

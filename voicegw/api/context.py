@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.recording.keys import KeyUnwrapper
+from voicegw.recording.storage import StorageBackend
 from voicegw.store.prompt_files import PromptLibrary
 from voicegw.store.tokens import Principal
 
@@ -12,3 +16,14 @@ SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions", 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 PROMPTS: web.AppKey[PromptLibrary] = web.AppKey("prompts", PromptLibrary)
 SIP_DOMAIN: web.AppKey[str] = web.AppKey("sip_domain", str)
+
+
+@dataclass(frozen=True)
+class RecordingVault:
+    """Where recordings are stored and what unwraps their keys (a public-key provider refuses)."""
+
+    storage: StorageBackend
+    keys: KeyUnwrapper
+
+
+RECORDINGS: web.AppKey[RecordingVault] = web.AppKey("recordings", RecordingVault)

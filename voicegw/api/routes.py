@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from voicegw.api import admin, prompts, sip_users
+from voicegw.api import admin, prompts, recordings, sip_users
 from voicegw.api.errors import Handler
 from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
 
@@ -145,6 +145,64 @@ ROUTES: tuple[Route, ...] = (
         f"{API}/tenants/{{tenant_id}}/sip-users/{{username}}",
         sip_users.disable_sip_user,
         "Disable a SIP login; audited",
+        ADMIN,
+    ),
+    # -- recordings and transcripts (recordings.py) --
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/recordings",
+        recordings.list_recordings,
+        "List recordings with consent pointer, retention and hold (query: call_id, limit, after)",
+        READ,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/recordings/{{object_id}}",
+        recordings.get_recording,
+        "Show a recording's metadata",
+        READ,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/recordings/{{object_id}}/audio",
+        recordings.recording_audio,
+        "Download a recording as a decrypted 2-channel WAV (streamed); audited before sending",
+        ADMIN,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/recordings/{{object_id}}/verify",
+        recordings.verify_recording,
+        "Verify a stored recording against its metadata and its authentication",
+        ADMIN,
+    ),
+    Route(
+        "PUT",
+        f"{API}/tenants/{{tenant_id}}/recordings/{{object_id}}/legal-hold",
+        recordings.place_hold,
+        "Place a legal hold (exempt from retention); audited",
+        ADMIN,
+        recordings.HoldBody,
+    ),
+    Route(
+        "DELETE",
+        f"{API}/tenants/{{tenant_id}}/recordings/{{object_id}}/legal-hold",
+        recordings.release_hold,
+        "Release a legal hold; audited",
+        ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/transcripts",
+        recordings.list_transcripts,
+        "List transcripts (query: call_id, limit, after)",
+        READ,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/transcripts/{{object_id}}/text",
+        recordings.transcript_text,
+        "Download a decrypted transcript as JSON lines (streamed); audited before sending",
         ADMIN,
     ),
     Route(

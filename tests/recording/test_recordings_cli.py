@@ -1,0 +1,195 @@
+"""``voicegw recordings``: list, verify, export (audited) and hold, with clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from voicegw.cli import app
+from voicegw.config import load_settings
+from voicegw.consent import (
+    CallContext,
+    ConsentMachine,
+    ConsentPolicy,
+    DecisionMade,
+    PartyRole,
+    PromptFinished,
+    PromptStarted,
+    RecordingGate,
+    RecordingMode,
+    resolve_mode,
+)
+from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.metadata import persist_consent_decision
+from voicegw.recording.recorder import Recorder, RecorderConfig
+from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.store import migrate, tenants
+from voicegw.store.db import create_engine, session_factory
+from voicegw.store.models import AuditEvent
+from voicegw.tenant_settings import TenantSettings
+
+CREATED = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+SAMPLES = 160
+FRAMES = 50  # 32000 bytes of audio: 7 full 4096-byte chunks and the final one
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in os.environ if k.startswith("VOICEGW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("VOICEGW_STORAGE__DATA_DIR", str(tmp_path / "var"))
+    return tmp_path / "var"
+
+
+async def record_call() -> tuple[np.ndarray, Path]:
+    """One finished recording through the real recorder, where the CLI looks."""
+    settings = load_settings(None)
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate.upgrade(engine)
+        sessions = session_factory(engine)
+        resolution = resolve_mode(
+            ConsentPolicy(default_mode=RecordingMode.NOTIFY), CallContext("+6561234567")
+        )
+        caller = ConsentMachine("caller", PartyRole.CALLER, resolution, now=0.0)
+        caller.handle(PromptStarted(0.0))
+        (notice,) = [e for e in caller.handle(PromptFinished(0.0)) if isinstance(e, DecisionMade)]
+        async with sessions() as session, session.begin():
+            await tenants.create_tenant(
+                session, actor="test", tenant_id="acme", name="Acme", settings=TenantSettings()
+            )
+            consent = await persist_consent_decision(
+                session, actor="test", tenant_id="acme", call_id="c1", decision=notice.record
+            )
+        gate = RecordingGate()
+        gate.add_party(caller)
+        gate.add_party(ConsentMachine("agent", PartyRole.AGENT, resolution, now=0.0))
+        recorder = Recorder(
+            sessions=sessions,
+            storage=LocalFilesystemStorage(settings.recordings_root),
+            keys=LocalKeyring(settings.key_dir),
+            gate=gate,
+            tenant_id="acme",
+            call_id="c1",
+            region="sg",
+            recording_id="rec-1",
+            config=RecorderConfig(chunk_size=4096),
+            clock=lambda: CREATED,
+        )
+        key = await recorder.start(consent.id)
+        rng = np.random.default_rng(7)
+        stereo = rng.integers(-20000, 20000, size=(FRAMES * SAMPLES, 2), dtype=np.int16)
+        for n in range(FRAMES):
+            frame = stereo[n * SAMPLES : (n + 1) * SAMPLES]
+            recorder.feed(frame[:, 0].tobytes(), frame[:, 1].tobytes(), n * SAMPLES / 8000)
+        await recorder.finish()
+        return stereo, settings.recordings_root / key
+    finally:
+        await engine.dispose()
+
+
+async def audit_actions() -> list[tuple[str, str, str]]:
+    settings = load_settings(None)
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session:
+            events = (await session.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars()
+            return [(e.action, e.actor, e.target) for e in events]
+    finally:
+        await engine.dispose()
+
+
+def test_list_verify_export_hold_round_trip(tmp_path: Path) -> None:
+    stereo, _ = asyncio.run(record_call())
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["recordings", "list", "--tenant", "acme"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == [
+        "rec-1  c1  finished  1.0s  retain until 2026-05-30",
+        "1 recording(s)",
+    ]
+
+    verified = runner.invoke(app, ["recordings", "verify", "--tenant", "acme", "rec-1"])
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.strip() == "recording rec-1: OK (8 chunks, complete)"
+
+    out = tmp_path / "rec-1.wav"
+    exported = runner.invoke(
+        app, ["recordings", "export", "--tenant", "acme", "rec-1", "--output", str(out)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "exported recording rec-1" in exported.stdout
+    data, rate = soundfile.read(out, dtype="int16", always_2d=True)
+    assert rate == 8000 and np.array_equal(data, stereo)
+    assert out.stat().st_mode & 0o777 == 0o600
+    export_events = [a for a in asyncio.run(audit_actions()) if a[0] == "recording.export"]
+    assert [(target, actor.startswith("cli:")) for _, actor, target in export_events] == [
+        ("tenant/acme/recordings/rec-1", True)
+    ]
+
+    held = runner.invoke(
+        app, ["recordings", "hold", "--tenant", "acme", "rec-1", "--reason", "case 42"]
+    )
+    assert held.exit_code == 0, held.output
+    listed = runner.invoke(app, ["recordings", "list", "--tenant", "acme"])
+    assert listed.stdout.splitlines()[0].endswith("  HOLD")
+    released = runner.invoke(app, ["recordings", "hold", "--tenant", "acme", "rec-1", "--release"])
+    assert released.exit_code == 0, released.output
+    actions = [a[0] for a in asyncio.run(audit_actions())]
+    assert actions[-2:] == ["legal_hold.set", "legal_hold.release"]
+
+
+def test_tampered_file_fails_verify_and_export_writes_nothing(tmp_path: Path) -> None:
+    _, path = asyncio.run(record_call())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    runner = CliRunner()
+
+    verified = runner.invoke(app, ["recordings", "verify", "--tenant", "acme", "rec-1"])
+    assert verified.exit_code == 1
+    assert "FAILED verification: TamperedError" in verified.stderr
+
+    out = tmp_path / "rec-1.wav"
+    exported = runner.invoke(
+        app, ["recordings", "export", "--tenant", "acme", "rec-1", "--output", str(out)]
+    )
+    assert exported.exit_code == 1
+    assert "not exported" in exported.stderr and "TamperedError" in exported.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    assert "recording.export" not in [a[0] for a in asyncio.run(audit_actions())]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "--tenant", "acme", "rec-nope"],
+        ["export", "--tenant", "acme", "rec-nope", "--output", "x.wav"],
+        ["hold", "--tenant", "acme", "rec-nope", "--reason", "r"],
+        ["hold", "--tenant", "acme", "rec-nope", "--release"],
+    ],
+)
+def test_unknown_recording_is_a_clear_error(args: list[str]) -> None:
+    asyncio.run(record_call())
+    result = CliRunner().invoke(app, ["recordings", *args])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: no recording rec-nope in tenant acme"
+
+
+def test_unknown_tenant_and_missing_reason_are_clear_errors() -> None:
+    asyncio.run(record_call())
+    runner = CliRunner()
+    result = runner.invoke(app, ["recordings", "list", "--tenant", "nope"])
+    assert (result.exit_code, result.stderr.strip()) == (1, "error: no tenant nope")
+    result = runner.invoke(app, ["recordings", "hold", "--tenant", "acme", "rec-1"])
+    assert result.exit_code == 1
+    assert "--reason is required" in result.stderr
