@@ -114,6 +114,11 @@ class PrivacyConfig(_Section):
     subprocessors_file: Path = Path("config/subprocessors.toml")
 
 
+class RetentionConfig(_Section):
+    #: How often `serve` sweeps expired recordings, transcripts and SIP bindings (seconds).
+    sweep_interval_seconds: float = Field(default=3600.0, ge=10, le=86400)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -138,6 +143,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = DatabaseConfig()
     storage: StorageConfig = StorageConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
 import ssl
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
@@ -17,12 +21,13 @@ from voicegw.calls.agents import AgentDirectory
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.config import Settings
 from voicegw.media.webrtc import IceServer, WebRtcConfig
+from voicegw.recording import retention
 from voicegw.recording.keys import LocalKeyring
-from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
-from voicegw.store import migrate
+from voicegw.store import migrate, sip_accounts
 from voicegw.store.db import create_engine, session_factory
 
 log = logging.getLogger("voicegw.server")
@@ -73,6 +78,28 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+async def sweep_periodically(
+    sessions: async_sessionmaker[AsyncSession], storage: StorageBackend, interval: float
+) -> None:
+    """Retention and expired SIP bindings, every ``interval`` seconds; errors never stop it."""
+    while True:
+        try:
+            report = await retention.sweep(sessions, storage, now=datetime.now(UTC))
+            async with sessions() as session, session.begin():
+                purged = await sip_accounts.purge_expired(session, time.time())
+            log.info(
+                "retention.swept",
+                extra={
+                    "deleted": len(report.items),
+                    "failed": len(report.failures),
+                    "sip_bindings_purged": purged,
+                },
+            )
+        except Exception:
+            log.exception("retention.sweep_failed")
+        await asyncio.sleep(interval)
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     own_stop = stop is None
     stop = stop or asyncio.Event()
@@ -84,12 +111,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     agents = AgentDirectory(
         webrtc_config(settings), wrap_up_seconds=settings.webrtc.wrap_up_seconds
     )
+    storage = LocalFilesystemStorage(settings.recordings_root)
     app = create_app(
         sessions,
         settings.storage.data_dir,
         agents=agents,
         sip_domain=settings.sip.domain,
-        recording_storage=LocalFilesystemStorage(settings.recordings_root),
+        recording_storage=storage,
         recording_keys=LocalKeyring(settings.key_dir),
     )
     runner = web.AppRunner(app, access_log=None)
@@ -99,6 +127,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         layer=TransactionLayer(TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4)),
         tls_context=tls_context(settings),
     )
+    sweeper: asyncio.Task[None] | None = None
     try:
         bound = await sip.start()
         await runner.setup()
@@ -138,8 +167,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+        sweeper = asyncio.create_task(
+            sweep_periodically(sessions, storage, settings.retention.sweep_interval_seconds)
+        )
         await stop.wait()
     finally:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         log.info("server.stopping")
         await sip.stop()
         await runner.cleanup()
