@@ -193,7 +193,7 @@ async def test_options_is_answered_for_anybody_with_allow_and_accept(world: Worl
     ua = world.ua("stranger")
     response = await world.client.send(ua.request("OPTIONS", f"sip:{DOMAIN}"), world.server)
     assert response.status == 200
-    assert response.headers.get("Allow") == "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+    assert response.headers.get("Allow") == "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO"
     assert response.headers.get("Accept") == "application/sdp"
     assert response.headers.get("WWW-Authenticate") is None
 

@@ -81,7 +81,7 @@ from voicegw.store.tenants import TENANT_ID
 
 log = logging.getLogger("voicegw.calls.sip")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO"
 ACCEPT = "application/sdp"
 MAX_REALMS = 1024
 
@@ -276,6 +276,12 @@ class SipService:
         tid = self.layer.send_request(request, destination, self._mono())
         self._pump()
         return tid
+
+    def cancel(self, transaction: TransactionId) -> bool:
+        """§9.1: CANCEL our pending INVITE ``transaction``; False if nothing is left to cancel."""
+        cancelled = self.layer.cancel(transaction, self._mono())
+        self._pump()
+        return cancelled
 
     def send_stateless(self, message: SipRequest | SipResponse, destination: Destination) -> None:
         """Send outside any transaction: a dialog's 2xx retransmission or ACK."""

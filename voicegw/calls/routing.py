@@ -1,0 +1,134 @@
+"""Who may call what: the routing table for inbound INVITEs.
+
+A call's tenant comes only from the digest credential that verified (an
+authenticated user) or from the dialled number that a tenant owns (an
+unauthenticated source, e.g. a carrier trunk) — never from a header the
+caller wrote. Everything the table does not name is refused, so the gateway
+is no open relay: an unauthenticated caller reaches nothing but a tenant's
+own numbers, and nobody reaches another tenant's services.
+
+The table (:data:`ROUTES`) maps (who calls, what the Request-URI names) to a
+service or a refusal. The dialled number of an unauthenticated call is the
+Request-URI user, which must be an E.164 number (``+`` and digits) that some
+tenant owns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from voicegw.sip.message import SipRequest
+from voicegw.sip.uri import SipURI
+
+#: Cheap shape check before a lookup: E.164 is at most 15 digits after ``+``.
+E164_USER = re.compile(r"^\+[1-9][0-9]{5,14}$")
+DEFAULT_ECHO_USER = "echo"
+
+
+class Caller(enum.Enum):
+    USER = "user"  # digest-authenticated SIP user of a tenant
+    PUBLIC = "public"  # no credentials (carrier trunk, anybody on the network)
+
+
+class Target(enum.Enum):
+    ECHO = "echo"  # sip:<echo user>@<the caller's own realm>
+    OWN_NUMBER = "own-number"  # an E.164 number of the caller's tenant (or any tenant, for PUBLIC)
+    OTHER_TENANT_NUMBER = "other-tenant-number"
+    UNKNOWN = "unknown"
+
+
+class Service(enum.Enum):
+    ECHO = "echo"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    reason: str
+
+
+#: (who calls, what they dial) -> the service that takes the call, or why not.
+#: Tenant numbers go to the echo service until the IVR/queues take them.
+ROUTES: dict[tuple[Caller, Target], Service | Refusal] = {
+    (Caller.USER, Target.ECHO): Service.ECHO,
+    (Caller.USER, Target.OWN_NUMBER): Service.ECHO,
+    (Caller.USER, Target.OTHER_TENANT_NUMBER): Refusal(403, "Forbidden"),
+    (Caller.USER, Target.UNKNOWN): Refusal(404, "Not Found"),
+    (Caller.PUBLIC, Target.ECHO): Refusal(403, "Forbidden"),
+    (Caller.PUBLIC, Target.OWN_NUMBER): Service.ECHO,
+    (Caller.PUBLIC, Target.OTHER_TENANT_NUMBER): Refusal(403, "Forbidden"),
+    (Caller.PUBLIC, Target.UNKNOWN): Refusal(404, "Not Found"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CallerIdentity:
+    """Who places the call: ``tenant_id``/``username``/``realm`` only for USER callers."""
+
+    kind: Caller
+    tenant_id: str | None = None
+    username: str | None = None
+    realm: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an accepted call goes and on whose behalf."""
+
+    service: Service
+    tenant_id: str
+    #: The dialled tenant number (E.164), None for a call to a service address.
+    number: str | None
+
+
+#: Looks up which tenant owns an E.164 number (None: nobody).
+NumberOwner = Callable[[str], Awaitable[str | None]]
+
+
+def dialled_number(request: SipRequest) -> str | None:
+    """The Request-URI user when it has the shape of an E.164 number."""
+    uri = request.uri
+    user = uri.user if isinstance(uri, SipURI) else None
+    return user if user is not None and E164_USER.match(user) else None
+
+
+class Router:
+    """Classifies an INVITE's target and looks the decision up in :data:`ROUTES`."""
+
+    def __init__(self, number_owner: NumberOwner, *, echo_user: str = DEFAULT_ECHO_USER) -> None:
+        self.number_owner = number_owner
+        self.echo_user = echo_user
+
+    async def target(
+        self, request: SipRequest, caller: CallerIdentity
+    ) -> tuple[Target, str | None, str | None]:
+        """What ``request`` dials: the target kind, the owning tenant and the number."""
+        uri = request.uri
+        if not isinstance(uri, SipURI) or uri.user is None:
+            return Target.UNKNOWN, None, None
+        if (
+            caller.realm is not None
+            and uri.user == self.echo_user
+            and uri.host.lower() == caller.realm
+        ):
+            return Target.ECHO, caller.tenant_id, None
+        number = dialled_number(request)
+        if number is None:
+            return Target.UNKNOWN, None, None
+        owner = await self.number_owner(number)
+        if owner is None:
+            return Target.UNKNOWN, None, None
+        if caller.kind is Caller.PUBLIC or owner == caller.tenant_id:
+            return Target.OWN_NUMBER, owner, number
+        return Target.OTHER_TENANT_NUMBER, None, None
+
+    async def route(self, request: SipRequest, caller: CallerIdentity) -> Route | Refusal:
+        target, tenant_id, number = await self.target(request, caller)
+        decision = ROUTES[(caller.kind, target)]
+        if isinstance(decision, Refusal):
+            return decision
+        assert tenant_id is not None  # every accepting rule has a tenant (see target())
+        return Route(decision, tenant_id, number)
