@@ -67,6 +67,11 @@ class SipConfig(_Section):
 
 
 class MediaConfig(_Section):
+    #: The echo test service's user part: sip:<echo_user>@<tenant realm> (and tenant numbers,
+    #: until routing to queues lands) answer and send the caller's audio back.
+    echo_user: str = Field(default="echo", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    #: Calls longer than this are ended by the gateway (None: no limit).
+    max_call_seconds: float | None = Field(default=14400.0, gt=0)
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=29999, ge=1025, le=65535)
     #: Address written into SDP; defaults to the SIP host.

@@ -18,8 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from voicegw.api.app import create_app
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
 from voicegw.calls.agents import AgentDirectory
+from voicegw.calls.echo import EchoService
+from voicegw.calls.routing import Router, Service
+from voicegw.calls.sip_calls import SipCalls, SipCallsConfig
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.config import Settings
+from voicegw.media.ports import PortAllocator
 from voicegw.media.webrtc import IceServer, WebRtcConfig
 from voicegw.recording import retention
 from voicegw.recording.keys import LocalKeyring
@@ -27,7 +31,7 @@ from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
-from voicegw.store import migrate, sip_accounts
+from voicegw.store import migrate, sip_accounts, tenants
 from voicegw.store.db import create_engine, session_factory
 
 log = logging.getLogger("voicegw.server")
@@ -76,6 +80,31 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(sip.tls_certificate, sip.tls_private_key)
     return context
+
+
+def call_layer(
+    settings: Settings, sip: SipService, sessions: async_sessionmaker[AsyncSession]
+) -> SipCalls:
+    """Calls on the SIP service: routing (no open relay) to the node's services."""
+
+    async def number_owner(number: str) -> str | None:
+        async with sessions() as session:
+            found = await tenants.tenant_for_number(session, number)
+            return None if found is None else found.tenant_id
+
+    media = settings.media
+    calls = SipCalls(
+        sip,
+        Router(number_owner, echo_user=media.echo_user),
+        PortAllocator(settings.sip.host, media.rtp_port_min, media.rtp_port_max),
+        {Service.ECHO: EchoService()},
+        SipCallsConfig(
+            media_address=media.advertised_address or settings.sip.host,
+            max_call_seconds=media.max_call_seconds,
+        ),
+    )
+    calls.attach()
+    return calls
 
 
 async def sweep_periodically(
@@ -127,6 +156,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         layer=TransactionLayer(TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4)),
         tls_context=tls_context(settings),
     )
+    calls = call_layer(settings, sip, sessions)
     sweeper: asyncio.Task[None] | None = None
     try:
         bound = await sip.start()
@@ -177,6 +207,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
         log.info("server.stopping")
+        await calls.close()
         await sip.stop()
         await runner.cleanup()
         await agents.close()
