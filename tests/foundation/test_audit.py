@@ -3,6 +3,8 @@ database are found, and the first broken event is named."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -111,3 +113,18 @@ async def test_rehashing_an_edit_still_breaks_the_next_link(
         )
     result = await verify(sessions)
     assert result.first_bad_seq == 3
+
+
+async def test_concurrent_appends_keep_one_unbroken_chain(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Many calls audit at once (consent decisions, pauses): no lost or forked links."""
+
+    async def one(i: int) -> None:
+        async with sessions() as s, s.begin():
+            await audit.append(s, actor="call", action="consent.decision", target=f"call/{i}")
+
+    await asyncio.gather(*(one(i) for i in range(25)))
+    result = await verify(sessions)
+    assert result.ok
+    assert result.events == 25

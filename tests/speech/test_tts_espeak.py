@@ -90,3 +90,22 @@ def test_capabilities_declare_an_on_node_tts_engine() -> None:
     assert caps.purposes == frozenset({Purpose.TTS})
     assert caps.supports_language("en-US") and caps.supports_language("de")
     assert {8000, 16000} <= set(caps.sample_rates)
+
+
+
+def test_first_syntheses_racing_from_threads_share_one_engine() -> None:
+    """Regression: the engine was cached outside its lock, so two first calls built two
+    (and libespeak-ng, initialised twice, corrupted itself). Raced in a fresh process."""
+    import subprocess
+    import sys
+
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from voicegw.tts import espeak_local\n"
+        "with ThreadPoolExecutor(8) as pool:\n"
+        "    engines = list(pool.map(lambda _: id(espeak_local._engine()), range(8)))\n"
+        "print(len(set(engines)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicegw.store.models import AuditEvent, AuditHead
@@ -45,6 +47,11 @@ def event_hash(
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+async def _locked_head(session: AsyncSession) -> AuditHead | None:
+    query = select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
 async def append(
     session: AsyncSession,
     *,
@@ -55,12 +62,16 @@ async def append(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event in the caller's transaction (committed with the change it records)."""
-    head = (
-        await session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update())
-    ).scalar_one_or_none()
+    head = await _locked_head(session)
     if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+        # First event ever: create the head row so concurrent first appends queue on it
+        # (ON CONFLICT DO NOTHING waits for the other inserter, then the lock orders us).
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        await session.execute(
+            insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing()
+        )
+        head = await _locked_head(session)
+        assert head is not None
     seq = head.seq + 1
     created = _now_iso()
     detail_text = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), default=str)

@@ -110,13 +110,21 @@ class _Engine:
 
 
 _engine_lock = threading.Lock()
+_engine_instance: _Engine | None = None
 
 
-@cache
 def _engine() -> _Engine:
-    # Two first utterances may race here from executor threads: initialise once.
+    """The one libespeak-ng engine of the process.
+
+    Two first utterances race here from executor threads; a second initialisation of
+    the C library corrupts it (seen: empty audio, double free), so the check and the
+    creation happen under one lock.
+    """
+    global _engine_instance
     with _engine_lock:
-        return _Engine()
+        if _engine_instance is None:
+            _engine_instance = _Engine()
+        return _engine_instance
 
 
 @cache
