@@ -15,7 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "VOICEGW_"
@@ -129,6 +137,67 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class TrunkOutboundConfig(_Section):
+    """Where calls through a trunk go, and the credentials its provider challenges for."""
+
+    host: str = Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}$")
+    port: int = Field(default=5060, ge=1, le=65535)
+    transport: Literal["UDP", "TCP", "TLS"] = "UDP"
+    username: str | None = Field(default=None, min_length=1, max_length=128)
+    #: Never logged; repr and errors show it as ``**********``.
+    password: SecretStr | None = None
+    #: The only realm whose challenges get the credentials (with the trunk's host).
+    realm: str | None = Field(default=None, min_length=1, max_length=253)
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> TrunkOutboundConfig:
+        given = [self.username is not None, self.password is not None, self.realm is not None]
+        if any(given) and not all(given):
+            raise ValueError("outbound username, password and realm go together")
+        return self
+
+
+class TrunkConfig(_Section):
+    """A carrier/PBX trunk of one tenant (``[[trunks]]``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    #: "digest": the trunk authenticates with the tenant's SIP credential ``username``;
+    #: "allow_list": INVITEs from ``sources`` (CIDRs) are the trunk's, unchallenged.
+    inbound_auth: Literal["digest", "allow_list"]
+    username: str | None = Field(default=None, min_length=1, max_length=128)
+    sources: tuple[IPvAnyNetwork, ...] = ()
+    outbound: TrunkOutboundConfig | None = None
+
+    @model_validator(mode="after")
+    def _inbound_complete(self) -> TrunkConfig:
+        if self.inbound_auth == "allow_list" and (not self.sources or self.username):
+            raise ValueError("inbound_auth allow_list needs sources (CIDRs) and no username")
+        if self.inbound_auth == "digest" and (self.username is None or self.sources):
+            raise ValueError("inbound_auth digest needs username (a SIP credential), no sources")
+        for network in self.sources:
+            if network.prefixlen < _NARROWEST_SOURCE_PREFIX[network.version]:
+                # Unchallenged calls from 0.0.0.0/0 would make every caller this tenant.
+                raise ValueError(f"source {network} is too wide (at most an IPv4 /16, IPv6 /48)")
+        return self
+
+
+_NARROWEST_SOURCE_PREFIX = {4: 16, 6: 48}
+
+
+def _trunks_distinct(trunks: tuple[TrunkConfig, ...]) -> None:
+    names = [t.name for t in trunks]
+    if len(set(names)) != len(names):
+        raise ValueError("trunk names must be unique")
+    # One source address must name one trunk, or its calls' tenant would be ambiguous.
+    seen = [(network, trunk.name) for trunk in trunks for network in trunk.sources]
+    for index, (network, name) in enumerate(seen):
+        for other, other_name in seen[index + 1 :]:
+            same_family = network.version == other.version
+            if other_name != name and same_family and network.overlaps(other):
+                raise ValueError(f"trunks {name} and {other_name} have overlapping sources")
+
+
 class Settings(BaseSettings):
     """Validated server configuration."""
 
@@ -150,6 +219,13 @@ class Settings(BaseSettings):
     privacy: PrivacyConfig = PrivacyConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
+    #: Carrier/PBX trunks (``[[trunks]]``): see :mod:`voicegw.calls.trunks`.
+    trunks: tuple[TrunkConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _trunks_valid(self) -> Settings:
+        _trunks_distinct(self.trunks)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -182,6 +258,10 @@ class ConfigError(Exception):
     """A configuration problem an operator must fix before the gateway starts."""
 
 
+#: Keys whose values an error message must never echo.
+SECRET_KEYS = frozenset({"password", "credential"})
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
@@ -194,7 +274,8 @@ def _describe(error: dict[str, Any]) -> str:
     elif "pattern" in ctx:
         allowed = f"; must match {ctx['pattern']}"
     given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    secret = error["loc"] and str(error["loc"][-1]) in SECRET_KEYS
+    shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
     return f"{key}: {error['msg']}{allowed}{shown}"
 
 

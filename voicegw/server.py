@@ -17,11 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
+from voicegw.calls.agent_bridge import AgentBridge
 from voicegw.calls.agents import AgentDirectory
+from voicegw.calls.bridge import BridgeService, store_contacts, store_tenant_users
 from voicegw.calls.echo import EchoService
+from voicegw.calls.records import CallRecords
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import SipCalls, SipCallsConfig
 from voicegw.calls.sip_service import SipService, SipServiceConfig
+from voicegw.calls.trunks import trunk_table
 from voicegw.config import Settings
 from voicegw.media.ports import PortAllocator
 from voicegw.media.webrtc import IceServer, WebRtcConfig
@@ -83,8 +87,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def call_layer(
-    settings: Settings, sip: SipService, sessions: async_sessionmaker[AsyncSession]
-) -> SipCalls:
+    settings: Settings,
+    sip: SipService,
+    sessions: async_sessionmaker[AsyncSession],
+    agents: AgentDirectory,
+) -> tuple[SipCalls, CallRecords]:
     """Calls on the SIP service: routing (no open relay) to the node's services."""
 
     async def number_owner(number: str) -> str | None:
@@ -93,18 +100,28 @@ def call_layer(
             return None if found is None else found.tenant_id
 
     media = settings.media
+    records = CallRecords(sessions, node=settings.node_name)
+    bridge = BridgeService(store_contacts(sessions), records=records)
     calls = SipCalls(
         sip,
-        Router(number_owner, echo_user=media.echo_user),
+        Router(
+            number_owner, echo_user=media.echo_user, tenant_user=store_tenant_users(sessions)
+        ),
         PortAllocator(settings.sip.host, media.rtp_port_min, media.rtp_port_max),
-        {Service.ECHO: EchoService()},
+        {
+            Service.ECHO: EchoService(),
+            Service.BRIDGE_USER: bridge,
+            Service.AGENT_QUEUE: AgentBridge(agents),
+        },
         SipCallsConfig(
             media_address=media.advertised_address or settings.sip.host,
             max_call_seconds=media.max_call_seconds,
         ),
     )
+    bridge.bind(calls)
+    calls.on_call = records.track  # a Call row for every inbound call, whichever service
     calls.attach()
-    return calls
+    return calls, records
 
 
 async def sweep_periodically(
@@ -155,8 +172,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         sessions,
         layer=TransactionLayer(TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4)),
         tls_context=tls_context(settings),
+        trunks=trunk_table(settings.trunks),
     )
-    calls = call_layer(settings, sip, sessions)
+    calls, records = call_layer(settings, sip, sessions, agents)
     sweeper: asyncio.Task[None] | None = None
     try:
         bound = await sip.start()
@@ -208,6 +226,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await sweeper
         log.info("server.stopping")
         await calls.close()
+        await records.wait_written()  # the last calls' end rows
         await sip.stop()
         await runner.cleanup()
         await agents.close()

@@ -212,11 +212,13 @@ async def node_factory(sessions: Sessions) -> AsyncIterator[NodeFactory]:
                 found = await tenants.tenant_for_number(session, number)
                 return None if found is None else found.tenant_id
 
+        # The call-leg tests dial the tenant number; echo stands in for the agent queue there.
+        echo_service = EchoService(echo)
         calls = SipCalls(
             service,
             Router(owner),
             PortAllocator("127.0.0.1", 43000, 43999),
-            {Service.ECHO: EchoService(echo)},
+            {Service.ECHO: echo_service, Service.AGENT_QUEUE: echo_service},
             config,
         )
         calls.attach()

@@ -37,16 +37,19 @@ def invite(request_uri: str) -> SipRequest:
     return parse_request(text.encode())
 
 
+QUEUE = Service.AGENT_QUEUE  # tenant numbers reach the agent queue
+
+
 @pytest.mark.parametrize(
     ("caller", "request_uri", "expected"),
     [
         (ALICE, "sip:echo@acme.voice.test", Route(Service.ECHO, "acme", None)),
-        (ALICE, "sip:+442079460123@voice.test", Route(Service.ECHO, "acme", "+442079460123")),
+        (ALICE, "sip:+442079460123@voice.test", Route(QUEUE, "acme", "+442079460123")),
         (ALICE, "sip:echo@globex.voice.test", Refusal(404, "Not Found")),
         (ALICE, "sip:+442079460999@voice.test", Refusal(403, "Forbidden")),
         (ALICE, "sip:+14155550100@voice.test", Refusal(404, "Not Found")),
-        (TRUNK, "sip:+442079460123@voice.test", Route(Service.ECHO, "acme", "+442079460123")),
-        (TRUNK, "sip:+442079460999@voice.test", Route(Service.ECHO, "globex", "+442079460999")),
+        (TRUNK, "sip:+442079460123@voice.test", Route(QUEUE, "acme", "+442079460123")),
+        (TRUNK, "sip:+442079460999@voice.test", Route(QUEUE, "globex", "+442079460999")),
         (TRUNK, "sip:echo@acme.voice.test", Refusal(404, "Not Found")),
         (TRUNK, "sip:+14155550100@elsewhere.example", Refusal(404, "Not Found")),
         (TRUNK, "tel:+442079460123", Refusal(404, "Not Found")),

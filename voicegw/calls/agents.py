@@ -290,6 +290,17 @@ class AgentDirectory:
     def session(self, agent_id: int) -> AgentSession | None:
         return self._sessions.get(agent_id)
 
+    def available_agents(self, tenant_id: str) -> list[int]:
+        """Agents of ``tenant_id`` that :meth:`offer_call` would ring right now."""
+        return [
+            s.agent_id
+            for s in self._sessions.values()
+            if s.tenant_id == tenant_id
+            and s.outbox is not None
+            and s.presence is Presence.AVAILABLE
+            and s.call is None
+        ]
+
     def sign_in(self, tenant_id: str, agent_id: int, outbox: Outbox) -> AgentSession:
         """Attach ``outbox`` to the agent's session, creating it or taking it over."""
         session = self._sessions.get(agent_id)

@@ -4,8 +4,8 @@ The leg is relayed to itself (``transport.peer = transport``): every accepted
 RTP packet goes straight back out from inside the receive callback, with the
 payload untouched and our own SSRC, sequence numbers and timestamps from the
 leg's sender. Nothing is decoded. It proves a phone's registration, routing,
-SDP and both RTP directions in one call, and is what tenant numbers reach
-until the IVR takes them.
+SDP and both RTP directions in one call: operators dial sip:echo@<tenant realm>
+to check a phone or a trunk.
 """
 
 from __future__ import annotations

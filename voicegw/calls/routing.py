@@ -31,17 +31,22 @@ DEFAULT_ECHO_USER = "echo"
 class Caller(enum.Enum):
     USER = "user"  # digest-authenticated SIP user of a tenant
     PUBLIC = "public"  # no credentials (carrier trunk, anybody on the network)
+    TRUNK = "trunk"  # a configured trunk of a tenant (allow-listed source or its credential)
 
 
 class Target(enum.Enum):
     ECHO = "echo"  # sip:<echo user>@<the caller's own realm>
     OWN_NUMBER = "own-number"  # an E.164 number of the caller's tenant (or any tenant, for PUBLIC)
     OTHER_TENANT_NUMBER = "other-tenant-number"
+    #: sip:<user>@<the caller's own realm>: another registered user of the caller's tenant.
+    TENANT_USER = "tenant-user"
     UNKNOWN = "unknown"
 
 
 class Service(enum.Enum):
     ECHO = "echo"
+    AGENT_QUEUE = "agent-queue"  # the tenant's queue of softphone agents
+    BRIDGE_USER = "bridge-user"  # B2BUA to a registered user of the same tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,22 +56,31 @@ class Refusal:
 
 
 #: (who calls, what they dial) -> the service that takes the call, or why not.
-#: Tenant numbers go to the echo service until the IVR/queues take them.
+#: Tenant numbers go to the tenant's agent queue; the echo service stays at sip:echo@<realm>.
 ROUTES: dict[tuple[Caller, Target], Service | Refusal] = {
     (Caller.USER, Target.ECHO): Service.ECHO,
-    (Caller.USER, Target.OWN_NUMBER): Service.ECHO,
+    (Caller.USER, Target.OWN_NUMBER): Service.AGENT_QUEUE,
     (Caller.USER, Target.OTHER_TENANT_NUMBER): Refusal(403, "Forbidden"),
     (Caller.USER, Target.UNKNOWN): Refusal(404, "Not Found"),
+    (Caller.USER, Target.TENANT_USER): Service.BRIDGE_USER,
+    (Caller.PUBLIC, Target.TENANT_USER): Refusal(403, "Forbidden"),
+    (Caller.TRUNK, Target.TENANT_USER): Refusal(403, "Forbidden"),
     (Caller.PUBLIC, Target.ECHO): Refusal(403, "Forbidden"),
-    (Caller.PUBLIC, Target.OWN_NUMBER): Service.ECHO,
+    (Caller.PUBLIC, Target.OWN_NUMBER): Service.AGENT_QUEUE,
     (Caller.PUBLIC, Target.OTHER_TENANT_NUMBER): Refusal(403, "Forbidden"),
     (Caller.PUBLIC, Target.UNKNOWN): Refusal(404, "Not Found"),
+    # A trunk carries calls for its own tenant only: never a relay into another tenant.
+    (Caller.TRUNK, Target.ECHO): Refusal(403, "Forbidden"),
+    (Caller.TRUNK, Target.OWN_NUMBER): Service.AGENT_QUEUE,
+    (Caller.TRUNK, Target.OTHER_TENANT_NUMBER): Refusal(403, "Forbidden"),
+    (Caller.TRUNK, Target.UNKNOWN): Refusal(404, "Not Found"),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class CallerIdentity:
-    """Who places the call: ``tenant_id``/``username``/``realm`` only for USER callers."""
+    """Who places the call: ``tenant_id``/``username``/``realm`` for USER callers,
+    ``tenant_id`` (from the trunk's config) and ``username`` (the trunk name) for TRUNK."""
 
     kind: Caller
     tenant_id: str | None = None
@@ -86,6 +100,8 @@ class Route:
 
 #: Looks up which tenant owns an E.164 number (None: nobody).
 NumberOwner = Callable[[str], Awaitable[str | None]]
+#: Whether (tenant id, realm, user name) is a SIP user of that tenant (a bridge target).
+TenantUserLookup = Callable[[str, str, str], Awaitable[bool]]
 
 
 def dialled_number(request: SipRequest) -> str | None:
@@ -98,9 +114,17 @@ def dialled_number(request: SipRequest) -> str | None:
 class Router:
     """Classifies an INVITE's target and looks the decision up in :data:`ROUTES`."""
 
-    def __init__(self, number_owner: NumberOwner, *, echo_user: str = DEFAULT_ECHO_USER) -> None:
+    def __init__(
+        self,
+        number_owner: NumberOwner,
+        *,
+        echo_user: str = DEFAULT_ECHO_USER,
+        tenant_user: TenantUserLookup | None = None,
+    ) -> None:
         self.number_owner = number_owner
         self.echo_user = echo_user
+        #: None: users of the caller's realm are not callable (no bridging on this node).
+        self.tenant_user = tenant_user
 
     async def target(
         self, request: SipRequest, caller: CallerIdentity
@@ -115,6 +139,16 @@ class Router:
             and uri.host.lower() == caller.realm
         ):
             return Target.ECHO, caller.tenant_id, None
+        if (
+            self.tenant_user is not None
+            and caller.realm is not None
+            and caller.tenant_id is not None
+            and uri.host.lower() == caller.realm
+            and dialled_number(request) is None
+            and await self.tenant_user(caller.tenant_id, caller.realm, uri.user)
+        ):
+            # A user of the caller's own realm: the realm is the tenant's, so never another's.
+            return Target.TENANT_USER, caller.tenant_id, None
         number = dialled_number(request)
         if number is None:
             return Target.UNKNOWN, None, None

@@ -878,6 +878,13 @@ class SipCalls:
                 self.ports.release(ports)
                 return result
             return await self._outbound_leg(call_id, pending, result, offer, caps, ports, tenant_id)
+        except asyncio.CancelledError:
+            if not pending.result.done():
+                # Whoever placed the call gave up (a bridged caller hung up): CANCEL (§9.1).
+                self.service.cancel(pending.transaction)
+            self._forget_outbound(call_id)
+            self.ports.release(ports)
+            raise
         except BaseException:
             self._forget_outbound(call_id)
             self.ports.release(ports)
@@ -959,7 +966,9 @@ class SipCalls:
     async def _on_authenticated_invite(
         self, service: SipService, invite: AuthenticatedRequest
     ) -> None:
-        caller = CallerIdentity(Caller.USER, invite.tenant_id, invite.username, invite.realm)
+        # A trunk's tenant comes from the trunk configuration, never from the request.
+        kind = Caller.TRUNK if invite.trunk else Caller.USER
+        caller = CallerIdentity(kind, invite.tenant_id, invite.username, invite.realm or None)
         route = await self.router.route(invite.request, caller)
         if isinstance(route, Refusal):
             response = make_response(invite.request, route.status, route.reason)

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.calls.trunks import TrunkTable
 from voicegw.sip.digest import (
     Accepted,
     DigestAuthenticator,
@@ -124,6 +125,9 @@ class AuthenticatedRequest:
     realm: str
     #: The digest algorithm the client chose (``SHA-256`` or ``MD5``).
     algorithm: str
+    #: The configured trunk this request is from (its credential verified, or, with
+    #: ``realm`` and ``algorithm`` empty, its source is on the trunk's allow-list).
+    trunk: str | None = None
 
 
 #: The call layer's entry point for an authenticated INVITE. It answers
@@ -224,8 +228,12 @@ class SipService:
         on_invite: InviteHandler = not_yet_routed,
         on_security_event: Callable[[SecurityEvent], None] | None = None,
         tls_context: ssl.SSLContext | None = None,
+        trunks: TrunkTable | None = None,
+        client_tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
+        #: Configured trunks: an allow-listed source's INVITEs are its trunk's, unchallenged.
+        self.trunks = trunks or TrunkTable()
         self.sessions = sessions
         self.bans = bans or BanList()
         self.layer = layer or TransactionLayer()
@@ -236,7 +244,9 @@ class SipService:
         #: Told of every ban (metrics, alerting); it runs on the event loop: keep it quick.
         self.on_security_event = on_security_event
         self.screen = InboundScreen(self.bans, rate or RateLimiter(rate=50.0, burst=100.0))
-        self.transports = SipTransports(self.screen, self._on_message, tls_context)
+        self.transports = SipTransports(
+            self.screen, self._on_message, tls_context, client_tls_context=client_tls_context
+        )
         self.security_events: deque[SecurityEvent] = deque(maxlen=100)  # the latest bans
         self._authenticators: OrderedDict[str, DigestAuthenticator] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -407,6 +417,19 @@ class SipService:
     async def _authenticated(
         self, rule: Rule, tid: TransactionId, request: SipRequest, source: Destination
     ) -> None:
+        trunk = (
+            self.trunks.by_source(source.host)
+            if rule is Rule.AUTH_INVITE and not request.headers.get_all("Authorization")
+            else None
+        )
+        if trunk is not None:
+            # The tenant is the trunk's, from config; nothing in the request can change it.
+            log.info("sip.trunk.invite", extra={"trunk": trunk.trunk, "tenant_id": trunk.tenant_id})
+            invite = AuthenticatedRequest(
+                tid, request, source, trunk.tenant_id, trunk.trunk, "", "", trunk=trunk.trunk
+            )
+            await self.on_invite(self, invite)
+            return
         if (
             rule is Rule.AUTH_INVITE
             and self.dialogs is not None
@@ -470,8 +493,16 @@ class SipService:
         )
         if isinstance(verdict, Accepted) and record is not None:
             self.bans.record_success(source.host)
+            trunk = self.trunks.by_credential(record.tenant_id, record.username)
             return AuthenticatedRequest(
-                tid, request, source, record.tenant_id, record.username, realm, verdict.algorithm
+                tid,
+                request,
+                source,
+                record.tenant_id,
+                record.username,
+                realm,
+                verdict.algorithm,
+                trunk=None if trunk is None else trunk.trunk,
             )
         assert isinstance(verdict, Rejection)
         if verdict.counts_as_failure:

@@ -120,10 +120,14 @@ class SipTransports:
         on_message: OnMessage,
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
+        client_tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.screen = screen
         self.on_message = on_message
         self.tls_context = tls_context
+        #: Verifies the peers we connect to over TLS (None: the system's CAs and hostname
+        #: checks). A private CA or a pinned trunk certificate goes here; never CERT_NONE.
+        self.client_tls_context = client_tls_context
         self.clock = clock
         self._udp: _Udp | None = None
         self._servers: list[asyncio.Server] = []
@@ -204,7 +208,7 @@ class SipTransports:
         loop = asyncio.get_running_loop()
         ssl_ctx: ssl.SSLContext | None = None
         if kind == "TLS":
-            ssl_ctx = ssl.create_default_context()
+            ssl_ctx = self.client_tls_context or ssl.create_default_context()
         _, protocol = await loop.create_connection(
             lambda: _Stream(self, kind), destination.host, destination.port, ssl=ssl_ctx
         )

@@ -1,0 +1,284 @@
+"""A real baresip dials a tenant's number and reaches an agent in real headless Chromium.
+
+The gateway here is the real call layer with the :class:`AgentBridge` on the
+tenant's number, the real softphone page and API, and a real
+:class:`AgentDirectory`. baresip (registered as a tenant user) dials the
+number; its microphone is a WAV of tones and chirps and ``sndfile`` records
+what it hears. Chromium's fake microphone is a looping WAV of tone bursts.
+
+Like ``test_softphone.py``, the scenarios run in a child pytest in a network
+namespace with only loopback up (where namespaces are available): the outer
+test re-runs this file with ``VOICEGW_INBOUND_SCENARIOS=1``; the scenarios
+skip themselves otherwise. Every wait is on an event (page state, baresip's
+ctrl_tcp events, call state) bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import soundfile
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+CHROMIUM = os.environ.get("VOICEGW_CHROMIUM", "/usr/bin/chromium")
+IN_CHILD = os.environ.get("VOICEGW_INBOUND_SCENARIOS") == "1"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+
+def namespace_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(IN_CHILD, reason="the runner, not a scenario")
+@pytest.mark.timeout(115)
+def test_inbound_calls_reach_agents_in_chromium_on_loopback_only() -> None:
+    child = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    if namespace_available():
+        child = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *child]
+    env = {**os.environ, "VOICEGW_INBOUND_SCENARIOS": "1"}
+    result = subprocess.run(
+        child, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110, check=False
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+# --- the scenarios (child process only) ----------------------------------------------------
+
+if IN_CHILD:
+    import soxr
+    from aiohttp import web
+    from playwright.async_api import Browser, Page, expect
+
+    sys.path.insert(0, str(HERE))
+    import softphone_scenarios as softphone
+    import test_baresip_calls as phones
+
+    from voicegw.api.app import create_app
+    from voicegw.calls.agent_bridge import AgentBridge, AgentBridgeConfig
+    from voicegw.calls.agents import AgentCall, AgentDirectory, CallState
+    from voicegw.calls.queues import QueueSettings
+    from voicegw.calls.routing import Router, Service
+    from voicegw.calls.sip_calls import EndReason, InboundCall, SipCalls, SipCallsConfig
+    from voicegw.calls.sip_service import SipService, SipServiceConfig
+    from voicegw.media.ports import PortAllocator
+    from voicegw.media.webrtc import WebRtcConfig
+    from voicegw.sip.transport import ListenAddresses
+    from voicegw.store import migrate, sip_accounts, tenants, tokens
+    from voicegw.store.db import create_engine, session_factory
+    from voicegw.tenant_settings import TenantSettings
+
+    NUMBER = "+442079460123"
+    DIAL = f"sip:{NUMBER}@{phones.DOMAIN}"
+    TIMEOUT = 10.0
+
+    @dataclass
+    class Node:
+        url: str
+        agents: AgentDirectory
+        calls: SipCalls
+        offered: asyncio.Queue[InboundCall]
+        sip_port: int
+        tokens: dict[str, str]
+        agent_ids: dict[str, int]
+
+        async def inbound(self) -> InboundCall:
+            return await asyncio.wait_for(self.offered.get(), TIMEOUT)
+
+        def agent_call(self, agent_id: int) -> AgentCall:
+            session = self.agents.session(agent_id)
+            assert session is not None and session.call is not None
+            return session.call
+
+    @pytest.fixture
+    async def node(tmp_path: Path) -> AsyncIterator[Node]:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'voicegw.db'}")
+        await migrate.upgrade(engine)
+        sessions = session_factory(engine)
+        secrets: dict[str, str] = {}
+        agent_ids: dict[str, int] = {}
+        async with sessions() as s, s.begin():
+            await tenants.create_tenant(
+                s, actor="test", tenant_id="acme", name="ACME", settings=TenantSettings()
+            )
+            await tenants.add_number(s, actor="test", tenant_id="acme", number=NUMBER)
+            await sip_accounts.create_credential(
+                s,
+                actor="test",
+                tenant_id="acme",
+                username="alice",
+                realm=phones.REALM,
+                password="secret",
+            )
+            for name in ("ann", "bob"):
+                agent = await tenants.add_agent(
+                    s, actor="test", tenant_id="acme", username=name, display_name=name, skills=[]
+                )
+                agent_ids[name] = agent.id
+                _, secrets[name] = await tokens.create_token(
+                    s, role="agent", tenant_id="acme", agent_id=agent.id
+                )
+        agents = AgentDirectory(WebRtcConfig(host_addresses=("127.0.0.1",)), wrap_up_seconds=60)
+        runner = web.AppRunner(create_app(sessions, tmp_path, agents=agents))
+        await runner.setup()
+        http_port = softphone.free_port()
+        await web.TCPSite(runner, "127.0.0.1", http_port).start()
+        service = SipService(
+            SipServiceConfig(
+                domain=phones.DOMAIN,
+                nonce_secret=phones.SECRET,
+                listen=ListenAddresses(udp=("127.0.0.1", 0)),
+                digest_algorithms=("MD5",),  # baresip 1.0 gives up on SHA-256 challenges
+            ),
+            sessions,
+        )
+
+        async def owner(number: str) -> str | None:
+            async with sessions() as session:
+                found = await tenants.tenant_for_number(session, number)
+                return None if found is None else found.tenant_id
+
+        bridge = AgentBridge(agents, AgentBridgeConfig(queue=QueueSettings(ring_timeout=20)))
+        calls = SipCalls(
+            service,
+            Router(owner),
+            PortAllocator("127.0.0.1", 42000, 42999),
+            {Service.AGENT_QUEUE: bridge},
+            SipCallsConfig(),
+        )
+        calls.attach()
+        offered: asyncio.Queue[InboundCall] = asyncio.Queue()
+        calls.on_call = offered.put_nowait
+        await service.start()
+        bound = service.transports.bound.udp
+        assert bound is not None
+        try:
+            yield Node(
+                f"http://127.0.0.1:{http_port}",
+                agents,
+                calls,
+                offered,
+                bound[1],
+                secrets,
+                agent_ids,
+            )
+        finally:
+            await calls.close()
+            await bridge.close()
+            await service.stop()
+            await agents.close()
+            await runner.cleanup()
+            await engine.dispose()
+
+    @pytest.fixture
+    async def phone(tmp_path: Path, node: Node) -> AsyncIterator[phones.Baresip]:
+        source = tmp_path / "caller.wav"
+        speech = phones.tone_sequence(phones.INPUT_SECONDS)
+        soundfile.write(source, speech, phones.RATE, subtype="PCM_16")
+        baresip = phones.Baresip(tmp_path / "baresip", source)
+        await baresip.start()
+        try:
+            await baresip.register("alice", "secret", node.sip_port)
+            yield baresip
+        finally:
+            await baresip.stop()
+
+    browser = softphone.browser  # the Chromium fixture with the fake microphone
+
+    async def sign_in(chromium: Browser, node: Node, name: str) -> Page:
+        context = await chromium.new_context()
+        page = await context.new_page()
+        await page.goto(node.url + "/softphone")
+        await page.fill("#token", node.tokens[name])
+        await page.click("#signin-button")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+        await expect(page.locator("#presence")).to_have_value("available")
+        return page
+
+    async def dial_and_answer(node: Node, baresip: phones.Baresip, page: Page) -> InboundCall:
+        await baresip.command("dial", DIAL)
+        await expect(page.locator("#ring")).to_be_visible(timeout=TIMEOUT * 1000)
+        await page.click("#answer")
+        assert await baresip.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+        await expect(page.locator("#call-state")).to_have_text("active")
+        return await node.inbound()
+
+    async def test_agent_answers_both_hear_each_other_and_the_agent_hangs_up(
+        node: Node, phone: phones.Baresip, browser: Browser
+    ) -> None:
+        page = await sign_in(browser, node, "ann")
+        inbound = await dial_and_answer(node, phone, page)
+        # The caller's WAV reaches the page's WebAudio.
+        assert await softphone.heard_rms(page, above=0.05) > 0.05
+        # Four seconds of the agent's microphone sent on towards baresip.
+        await softphone.eventually(lambda: inbound.transport.leg.summary().packets_sent >= 200)
+
+        await page.click("#hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        await asyncio.wait_for(inbound.ended.wait(), TIMEOUT)
+        assert inbound.end_reason is EndReason.LOCAL_HANGUP
+        await expect(page.locator("#presence")).to_have_value("wrap_up")
+
+        heard = phone.recording("dec")
+        mic = softphone.tone_bursts(softphone.MIC_TONES, 0.2, softphone.MIC_RATE, 0.5)
+        mic_8k = soxr.resample(mic, softphone.MIC_RATE, phones.RATE)
+        # Three 0.8 s stretches just before the hang-up: one jitter-buffer glitch on a busy
+        # machine may spoil one stretch, not the evidence that the microphone got through.
+        rate = phones.RATE
+        stretches = [
+            heard[-int((0.2 + 0.8 * k) * rate) - int(0.8 * rate) :][: int(0.8 * rate)]
+            for k in range(3)
+        ]
+        correlations = [softphone.best_normalised_correlation(x, mic_8k) for x in stretches]
+        assert max(correlations) > 0.8, correlations
+
+    async def test_the_caller_hanging_up_ends_the_call_on_the_page(
+        node: Node, phone: phones.Baresip, browser: Browser
+    ) -> None:
+        page = await sign_in(browser, node, "ann")
+        inbound = await dial_and_answer(node, phone, page)
+        ann = node.agent_call(node.agent_ids["ann"])
+        await phone.command("hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        async with asyncio.timeout(TIMEOUT):
+            await ann.until(lambda c: c.state is CallState.ENDED)
+        assert ann.ended_reason == "caller_hangup"
+        await asyncio.wait_for(inbound.ended.wait(), TIMEOUT)
+        assert inbound.end_reason is EndReason.REMOTE_BYE
+        await expect(page.locator("#presence")).to_have_value("wrap_up")
+
+    async def test_a_decline_on_the_first_agent_rings_the_second(
+        node: Node, phone: phones.Baresip, browser: Browser
+    ) -> None:
+        ann = await sign_in(browser, node, "ann")
+        bob = await sign_in(browser, node, "bob")
+        await phone.command("dial", DIAL)
+        # Both equally idle: the lower agent id (ann, added first) rings first.
+        await expect(ann.locator("#ring")).to_be_visible(timeout=TIMEOUT * 1000)
+        await expect(bob.locator("#ring")).to_be_hidden()
+        await ann.click("#decline")
+        await expect(bob.locator("#ring")).to_be_visible(timeout=TIMEOUT * 1000)
+        await bob.click("#answer")
+        assert await phone.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+        await expect(bob.locator("#call-state")).to_have_text("active")
+        await expect(ann.locator("#presence")).to_have_value("available")
+        assert await softphone.heard_rms(bob, above=0.05) > 0.05
+        await phone.command("hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        await expect(bob.locator("#presence")).to_have_value("wrap_up")
