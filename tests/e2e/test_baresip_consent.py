@@ -1,0 +1,683 @@
+"""A real baresip dials a tenant number behind ``with_consent``: prompt, DTMF, encrypted recording.
+
+The gateway is the real stack in process (SipService + SipCalls + the consent
+wrapper around the echo service, eSpeak prompts, the recorder with
+LocalFilesystemStorage and LocalKeyring on SQLite). baresip runs headless with
+``aufile`` as its microphone (non-repeating tones and chirps made here),
+``sndfile`` writing what it sends and receives, and ``ctrl_tcp`` to dial, send
+digits and hang up. Every wait is on an event (baresip's ctrl_tcp events, the
+wrapper's consent state changes, the flow's outcome) bounded by a timeout;
+nothing is timed with sleeps.
+
+What is checked on the decrypted file: the caller channel is digital silence
+up to the consent instant the flow stored, and after it carries what baresip
+sent (normalised correlation with baresip's own ``enc`` recording).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soundfile
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from voicegw.asr.pocketsphinx_local import PocketsphinxAsr
+from voicegw.asr.registry import AsrRegistry
+from voicegw.calls.consent_flow import ConsentOutcome
+from voicegw.calls.consented import (
+    AnswerPhrases,
+    ConsentedDeps,
+    ConsentedService,
+    ConsentStateChanged,
+    with_consent,
+)
+from voicegw.calls.echo import EchoService
+from voicegw.calls.prompts import PromptCache
+from voicegw.calls.routing import Router, Service
+from voicegw.calls.sip_calls import InboundCall, SipCalls, SipCallsConfig
+from voicegw.calls.sip_service import SipService, SipServiceConfig, tenant_realm
+from voicegw.consent import State
+from voicegw.media.clock import MediaClock
+from voicegw.media.ports import PortAllocator
+from voicegw.privacy.registry import Registry
+from voicegw.recording.container import decrypt
+from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.metadata import open_stored, wrapped_key_of
+from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.sip.transport import ListenAddresses
+from voicegw.store import migrate, sip_accounts, tenants
+from voicegw.store import recordings as store
+from voicegw.store.db import create_engine, session_factory
+from voicegw.tenant_settings import (
+    ConsentCapture,
+    ConsentPrompt,
+    RecordingMode,
+    Retention,
+    TenantSettings,
+)
+from voicegw.tts.espeak_local import EspeakTts
+from voicegw.tts.registry import TtsRegistry
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
+]
+
+Sessions = async_sessionmaker[AsyncSession]
+Pcm = npt.NDArray[np.float32]
+TENANT = "acme"
+DOMAIN = "voice.test"
+REALM = tenant_realm(TENANT, DOMAIN)
+NUMBER = "+4930901820"
+NUMBER_URI = f"sip:{NUMBER}@{REALM}"
+SECRET = b"e2e-nonce-secret-0123456789"
+EVENT_TIMEOUT = 10.0
+RATE = 8000
+INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
+PROMPT = "Recording. Press 1 or 2."
+WPM = 230
+ANSWER_TIMEOUT = 2  # seconds after the prompt that settle an unanswered question
+FRAME = RATE // 50  # samples
+WINDOW = RATE // 10  # samples
+RECORDED_PACKETS = 100  # 2 s of echoed audio after the decision before baresip hangs up
+
+
+# --- baresip ----------------------------------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A UDP port whose TCP twin and the next port (baresip's TLS listener) are free too."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as check:
+                    check.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tone_sequence(seconds: float, seed: int = 11) -> Pcm:
+    """Non-repeating 100 ms tones and chirps (300-3000 Hz): one unambiguous alignment."""
+    rng = np.random.default_rng(seed)
+    step = RATE // 10
+    t = np.arange(step) / RATE
+    pieces = []
+    for _ in range(int(seconds * 10)):
+        f0, f1 = rng.uniform(300, 3000, size=2)
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t * 5)
+        pieces.append(0.4 * np.sin(phase) * np.hanning(step) ** 0.25)
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def best_match(needle: Pcm, haystack: Pcm) -> tuple[float, int]:
+    """Normalised correlation of ``needle`` with the window of ``haystack`` that fits it best."""
+    n = len(needle) + len(haystack)
+    xcorr = np.fft.irfft(np.fft.rfft(haystack, n) * np.conj(np.fft.rfft(needle, n)), n)
+    lag = int(np.argmax(xcorr[: len(haystack) - len(needle) + 1]))
+    window = haystack[lag : lag + len(needle)]
+    norm = float(np.linalg.norm(needle) * np.linalg.norm(window)) + 1e-12
+    return float(np.dot(needle, window)) / norm, lag
+
+
+def as_float(pcm: npt.NDArray[np.int16]) -> Pcm:
+    return np.asarray(pcm / 32768, dtype=np.float32)
+
+
+def log_spectrogram(pcm: Pcm, size: int = 256, hop: int = 128) -> Pcm:
+    frames = np.lib.stride_tricks.sliding_window_view(pcm, size)[::hop] * np.hanning(size)
+    return np.asarray(np.log1p(10 * np.abs(np.fft.rfft(frames, axis=1))), dtype=np.float32)
+
+
+def spectral_match(needle: Pcm, haystack: Pcm) -> float:
+    """Correlation of log spectrograms at the waveforms' best alignment.
+
+    eSpeak does not say the same text twice sample for sample (two syntheses of the
+    prompt correlate at only ~0.7 as waveforms), but their spectrograms agree (~0.98,
+    against ~0.16 for another sentence): the test compares what a listener hears.
+    """
+    _, lag = best_match(needle, haystack)
+    a = log_spectrogram(needle).ravel()
+    b = log_spectrogram(haystack[lag : lag + len(needle)]).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+class Baresip:
+    """One headless baresip, driven and watched through ctrl_tcp."""
+
+    def __init__(self, home: Path, source_wav: Path) -> None:
+        self.home = home
+        self.sip_port = free_port_pair()
+        self.ctrl_port = free_tcp_port()
+        self.snd_path = home / "snd"
+        self.snd_path.mkdir(parents=True)
+        (home / "config").write_text(
+            "\n".join(
+                [
+                    f"sip_listen 127.0.0.1:{self.sip_port}",
+                    "module_path /usr/lib/baresip/modules",
+                    f"audio_source aufile,{source_wav}",
+                    "audio_player aufile,/dev/null",
+                    "audio_alert aufile,/dev/null",
+                    f"snd_path {self.snd_path}",
+                    "rtp_ports 43000-43999",
+                    "module g711.so",
+                    "module aufile.so",
+                    "module sndfile.so",
+                    "module_app account.so",
+                    "module_app menu.so",
+                    "module_app ctrl_tcp.so",
+                    f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
+                    "",
+                ]
+            )
+        )
+        (home / "accounts").write_text("")
+        self.process: asyncio.subprocess.Process | None = None
+        self._log = (home / "stdout.log").open("wb")
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._buffer = b""
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "baresip",
+            "-f",
+            str(self.home),
+            "-n",
+            "127.0.0.1",
+            "-t",
+            "60",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.open_connection(
+                    "127.0.0.1", self.ctrl_port
+                )
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"baresip ctrl_tcp never listened: {self.log()}") from None
+                await asyncio.sleep(0.05)
+
+    async def command(self, command: str, params: str = "") -> None:
+        payload = json.dumps({"command": command, "params": params, "token": command}).encode()
+        assert self._writer is not None
+        self._writer.write(b"%d:%s," % (len(payload), payload))
+        await self._writer.drain()
+
+    async def register(self, user: str, password: str, gateway_port: int) -> None:
+        account = (
+            f"<sip:{user}@{REALM};transport=udp>;auth_user={user};auth_pass={password}"
+            f';outbound="sip:127.0.0.1:{gateway_port};transport=udp";regint=60'
+        )
+        await self.command("uanew", account)
+        assert await self.event("REGISTER_OK", "REGISTER_FAIL") == "REGISTER_OK", self.log()
+
+    async def event(self, *wanted: str, within: float = EVENT_TIMEOUT) -> str:
+        """The first of ``wanted`` event types to arrive (AssertionError if none does)."""
+        assert self._reader is not None
+        deadline = time.monotonic() + within
+        while True:
+            for event in self._events():
+                if event.get("type") in wanted:
+                    return str(event["type"])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"none of {wanted} from baresip: {self.log()[-3000:]}")
+            try:
+                chunk = await asyncio.wait_for(self._reader.read(4096), left)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise AssertionError(f"baresip closed ctrl_tcp: {self.log()[-3000:]}")
+            self._buffer += chunk
+
+    def _events(self) -> list[dict[str, object]]:
+        events = []
+        while (colon := self._buffer.find(b":")) > 0:
+            length = int(self._buffer[:colon])
+            if len(self._buffer) < colon + 2 + length:
+                break
+            message = json.loads(self._buffer[colon + 1 : colon + 1 + length])
+            self._buffer = self._buffer[colon + 2 + length :]
+            if message.get("event"):
+                events.append(message)
+        return events
+
+    def recording(self, kind: str) -> Pcm:
+        """What sndfile wrote: ``enc`` (sent) or ``dec`` (received)."""
+        found = sorted(self.snd_path.glob(f"dump-*-{kind}.wav"))
+        assert found, f"no {kind} recording in {list(self.snd_path.iterdir())}"
+        data, rate = soundfile.read(found[-1], dtype="float32")
+        assert rate == RATE
+        return np.asarray(data if data.ndim == 1 else data[:, 0], dtype=np.float32)
+
+    def log(self) -> str:
+        path = self.home / "stdout.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await asyncio.wait_for(self.process.wait(), 5)
+        self._log.close()
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    service: SipService
+    calls: SipCalls
+    consented: ConsentedService
+    sessions: Sessions
+    storage: LocalFilesystemStorage
+    keyring: LocalKeyring
+    states: asyncio.Queue[ConsentStateChanged] = field(default_factory=asyncio.Queue)
+    outcomes: asyncio.Queue[tuple[str, ConsentOutcome]] = field(default_factory=asyncio.Queue)
+    offered: asyncio.Queue[InboundCall] = field(default_factory=asyncio.Queue)
+
+    @property
+    def port(self) -> int:
+        assert self.service.transports.bound.udp is not None
+        return self.service.transports.bound.udp[1]
+
+    async def state(self, *wanted: State) -> ConsentStateChanged:
+        """The next consent state change to one of ``wanted`` (others are skipped)."""
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while True:
+            left = max(0.01, deadline - time.monotonic())
+            change = await asyncio.wait_for(self.states.get(), left)
+            if change.state in wanted:
+                return change
+
+    async def outcome(self) -> tuple[str, ConsentOutcome]:
+        return await asyncio.wait_for(self.outcomes.get(), EVENT_TIMEOUT)
+
+
+def settings_for(mode: RecordingMode) -> TenantSettings:
+    return TenantSettings(
+        region="eu",
+        recording_mode=mode,
+        consent_prompt=ConsentPrompt(text=PROMPT, version=2),
+        consent_capture=ConsentCapture(timeout_seconds=ANSWER_TIMEOUT),
+        retention=Retention(recordings_days=30),
+    )
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'voicegw.db'}")
+    await migrate.upgrade(engine)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[MediaClock]:
+    clock = MediaClock()
+    clock.start()
+    yield clock
+    await clock.stop()
+
+
+@pytest.fixture
+async def tts() -> TtsRegistry:
+    registry: TtsRegistry = Registry("tts")
+    registry.register(EspeakTts(words_per_minute=WPM))
+    return registry
+
+
+@pytest.fixture
+async def prompt_audio() -> Pcm:
+    """The prompt as eSpeak says it at 8 kHz, straight from the engine (not the gateway)."""
+    pcm = await EspeakTts(words_per_minute=WPM).synthesize(PROMPT, sample_rate=RATE).read_all()
+    return as_float(np.frombuffer(pcm, dtype="<i2"))
+
+
+GatewayFactory = Callable[..., "contextlib.AbstractAsyncContextManager[Gateway]"]
+
+
+@pytest.fixture
+def gateway(
+    sessions: Sessions,
+    clock: MediaClock,
+    tts: TtsRegistry,
+    prompt_audio: Pcm,  # eSpeak initialised once before any call (its set-up must not race)
+    tmp_path: Path,
+) -> GatewayFactory:
+    @contextlib.asynccontextmanager
+    async def start(
+        settings: TenantSettings, asr: AsrRegistry | None = None
+    ) -> AsyncIterator[Gateway]:
+        async with sessions.begin() as session:
+            await tenants.create_tenant(
+                session, actor="test", tenant_id=TENANT, name="Acme", settings=settings
+            )
+            await tenants.add_number(session, actor="test", tenant_id=TENANT, number=NUMBER)
+            await sip_accounts.create_credential(
+                session,
+                actor="test",
+                tenant_id=TENANT,
+                username="alice",
+                realm=REALM,
+                password="secret",
+            )
+        service = SipService(
+            SipServiceConfig(
+                domain=DOMAIN,
+                nonce_secret=SECRET,
+                listen=ListenAddresses(udp=("127.0.0.1", 0)),
+                digest_algorithms=("MD5",),  # baresip 1.0 gives up on SHA-256 challenges
+            ),
+            sessions,
+        )
+
+        async def owner(number: str) -> str | None:
+            async with sessions() as session:
+                found = await tenants.tenant_for_number(session, number)
+                return None if found is None else found.tenant_id
+
+        storage = LocalFilesystemStorage(tmp_path / "recordings")
+        keyring = LocalKeyring(tmp_path / "keys")
+        consented = with_consent(
+            EchoService(),
+            ConsentedDeps(
+                sessions=sessions,
+                storage=storage,
+                keys=keyring,
+                clock=clock,
+                tts=tts,
+                prompt_cache=PromptCache(),
+                asr=asr,
+            ),
+        )
+        # Whichever service the routing table names for a tenant's own number, it is
+        # consent first here.
+        calls = SipCalls(
+            service,
+            Router(owner),
+            PortAllocator("127.0.0.1", 44000, 44999),
+            {kind: consented for kind in Service},
+            SipCallsConfig(),
+        )
+        calls.attach()
+        gw = Gateway(service, calls, consented, sessions, storage, keyring)
+        consented.listeners.append(gw.states.put_nowait)
+        consented.on_outcome = lambda call_id, outcome: gw.outcomes.put_nowait((call_id, outcome))
+        calls.on_call = gw.offered.put_nowait
+        await service.start()
+        try:
+            yield gw
+        finally:
+            await calls.close()
+            await service.stop()
+
+    return start
+
+
+@pytest.fixture
+def source_wav(tmp_path: Path) -> Path:
+    path = tmp_path / "in.wav"
+    soundfile.write(path, tone_sequence(INPUT_SECONDS), RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+async def phone(tmp_path: Path, source_wav: Path) -> AsyncIterator[Baresip]:
+    baresip = Baresip(tmp_path / "alice", source_wav)
+    await baresip.start()
+    yield baresip
+    await baresip.stop()
+
+
+# --- steps and checks ---------------------------------------------------------------------------
+
+
+async def dial(gw: Gateway, phone: Baresip) -> InboundCall:
+    await phone.register("alice", "secret", gw.port)
+    await phone.command("dial", NUMBER_URI)
+    call = await asyncio.wait_for(gw.offered.get(), EVENT_TIMEOUT)
+    assert await phone.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+    return call
+
+
+async def until(predicate: Callable[[], bool], within: float = EVENT_TIMEOUT) -> None:
+    """Poll a gateway-side counter that has no event of its own (packets sent)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def talk_then_hang_up(
+    call: InboundCall, phone: Baresip, packets: int = RECORDED_PACKETS
+) -> None:
+    """Let the echo run for ``packets`` more packets (20 ms each), then baresip hangs up."""
+    sent = call.transport.leg.summary().packets_sent
+    await until(lambda: call.transport.leg.summary().packets_sent >= sent + packets)
+    await phone.command("hangup")
+    assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+
+
+async def caller_channel(gw: Gateway, outcome: ConsentOutcome) -> npt.NDArray[np.int16]:
+    recording = outcome.recording
+    assert recording is not None and recording.complete
+    async with gw.sessions() as session:
+        row = await store.get_recording(session, TENANT, recording.recording_id)
+    assert row is not None
+    with open_stored(gw.storage, row) as handle:
+        plaintext = decrypt(handle, gw.keyring, wrapped_key=wrapped_key_of(row))
+    return np.frombuffer(plaintext, dtype="<i2")[0::2]
+
+
+async def stored_decisions(gw: Gateway, call_id: str) -> list[tuple[str, str, str]]:
+    """(party, decision, reason) of every stored consent record, each checked for its audit."""
+    async with gw.sessions() as session:
+        rows = await store.list_consent_records(session, TENANT, call_id)
+        for row in rows:
+            assert await store.audited_consent_record(session, TENANT, row.id) is not None
+    return [(r.party, r.decision, r.evidence["reason"]) for r in rows]
+
+
+def recorded_files(gw: Gateway) -> list[Path]:
+    root = gw.storage.root
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def caller_decision_at(outcome: ConsentOutcome) -> float:
+    (decision,) = [d for d in outcome.decisions if d.party == "caller"]
+    return decision.decided_at
+
+
+async def check_recorded_from(
+    gw: Gateway, phone: Baresip, outcome: ConsentOutcome, consent_at: float, skip: int = 0
+) -> None:
+    """Silence up to ``consent_at`` on the caller channel, baresip's own audio after it
+    (measured from ``skip`` samples after the consent instant)."""
+    caller = await caller_channel(gw, outcome)
+    assert outcome.first_frame_time is not None
+    cut = round((consent_at - outcome.first_frame_time) * RATE)
+    start = cut + FRAME + skip
+    assert cut > 0 and start + 10 * WINDOW <= len(caller), (cut, start, len(caller))
+    assert not caller[:cut].any(), "caller audio from before the consent instant was kept"
+    after = as_float(caller[start : start + 10 * WINDOW])
+    assert float(np.abs(after).mean()) > 0.02, "no caller audio after consent"
+    # 100 ms windows, each found in what baresip sent: a frame the jitter buffer slipped
+    # (clock drift, a late packet) spoils at most the one window it falls in.
+    sent = phone.recording("enc")
+    matches = [best_match(after[k : k + WINDOW], sent)[0] for k in range(0, len(after), WINDOW)]
+    assert sum(m > 0.95 for m in matches) >= 8, matches
+
+
+# --- the calls ----------------------------------------------------------------------------------
+
+
+async def test_opt_in_caller_presses_1_after_the_prompt_and_is_recorded_from_the_key_on(
+    gateway: GatewayFactory, phone: Baresip
+) -> None:
+    async with gateway(settings_for("opt_in")) as gw:
+        call = await dial(gw, phone)
+        await gw.state(State.AWAITING_ANSWER)
+        await phone.command("sndcode", "1")
+        granted = await gw.state(State.GRANTED, State.DECLINED)
+        assert granted.state is State.GRANTED and granted.call_id == call.id
+        await talk_then_hang_up(call, phone)
+        call_id, outcome = await gw.outcome()
+
+    assert call_id == call.id
+    assert sorted(await stored_decisions(gw, call.id)) == [
+        ("agent", "not-required", "agent_party"),
+        ("caller", "granted", "answered_yes"),
+    ]
+    assert len(recorded_files(gw)) == 1
+    await check_recorded_from(gw, phone, outcome, caller_decision_at(outcome))
+
+
+async def test_opt_in_caller_presses_2_and_nothing_is_recorded(
+    gateway: GatewayFactory, phone: Baresip
+) -> None:
+    async with gateway(settings_for("opt_in")) as gw:
+        call = await dial(gw, phone)
+        await gw.state(State.AWAITING_ANSWER)
+        await phone.command("sndcode", "2")
+        assert (await gw.state(State.GRANTED, State.DECLINED)).state is State.DECLINED
+        await talk_then_hang_up(call, phone)
+        _, outcome = await gw.outcome()
+
+    assert outcome.recording is None
+    assert ("caller", "declined", "answered_no") in await stored_decisions(gw, call.id)
+    async with gw.sessions() as session:
+        assert await store.list_recordings(session, TENANT, call_id=call.id) == []
+    assert recorded_files(gw) == []
+
+
+async def test_opt_in_silent_caller_is_declined_at_the_timeout_and_nothing_is_recorded(
+    gateway: GatewayFactory, phone: Baresip
+) -> None:
+    async with gateway(settings_for("opt_in")) as gw:
+        call = await dial(gw, phone)
+        asked = await gw.state(State.AWAITING_ANSWER)
+        declined = await gw.state(State.GRANTED, State.DECLINED)
+        assert declined.state is State.DECLINED
+        assert declined.at - asked.at >= ANSWER_TIMEOUT - 0.05
+        await phone.command("hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        _, outcome = await gw.outcome()
+
+    assert outcome.recording is None
+    assert ("caller", "declined", "no_answer_timeout") in await stored_decisions(gw, call.id)
+    assert recorded_files(gw) == []
+
+
+async def test_notify_prompt_is_heard_by_baresip_and_recording_starts_after_the_notice(
+    gateway: GatewayFactory, phone: Baresip, prompt_audio: Pcm
+) -> None:
+    async with gateway(settings_for("notify")) as gw:
+        call = await dial(gw, phone)
+        noticed = await gw.state(State.NOTICE_ONLY)
+        await talk_then_hang_up(call, phone)
+        _, outcome = await gw.outcome()
+
+    # What baresip received holds the prompt, as eSpeak itself says it.
+    assert spectral_match(prompt_audio, phone.recording("dec")) > 0.9
+    (decision,) = [d for d in outcome.decisions if d.party == "caller"]
+    assert decision.prompt_started_at is not None
+    prompt_seconds = len(prompt_audio) / RATE
+    assert decision.decided_at >= decision.prompt_started_at + prompt_seconds - 0.1
+    assert noticed.at >= decision.prompt_started_at
+    assert ("caller", "notice-only", "notice_played") in await stored_decisions(gw, call.id)
+    await check_recorded_from(gw, phone, outcome, decision.decided_at)
+
+
+# --- spoken consent -----------------------------------------------------------------------------
+
+SPEECH_STARTS = 3.0  # seconds into baresip's audio: after the prompt (~1.5 s once answered)
+#: The prompt's two answers as pocketsphinx's grammar (the whole answer table is too many).
+ANSWERS = ("yes i agree", "no i do not agree")
+TONES_AFTER_SPEECH = 1.5  # seconds of silence between the answer and the tones that follow
+
+
+@pytest.fixture
+async def asr() -> AsyncIterator[AsrRegistry]:
+    registry: AsrRegistry = Registry("asr")
+    local = AnswerPhrases(PocketsphinxAsr(), ANSWERS)
+    registry.register(local)
+    yield registry
+    await local.aclose()
+
+
+async def test_opt_in_caller_says_yes_i_agree_and_is_recorded_from_the_recognised_answer(
+    gateway: GatewayFactory, asr: AsrRegistry, tmp_path: Path
+) -> None:
+    # baresip's microphone: silence through the prompt, "yes i agree" (eSpeak, 8 kHz),
+    # silence, then the tones whose presence after the answer proves recording.
+    answer = as_float(
+        np.frombuffer(
+            await EspeakTts(words_per_minute=160).synthesize("yes i agree", sample_rate=RATE)
+            .read_all(),
+            dtype="<i2",
+        )
+    )
+    lead = np.zeros(int(SPEECH_STARTS * RATE), dtype=np.float32)
+    gap = np.zeros(int(TONES_AFTER_SPEECH * RATE), dtype=np.float32)
+    audio = np.concatenate([lead, answer, gap, tone_sequence(INPUT_SECONDS)])
+    wav = tmp_path / "answer.wav"
+    soundfile.write(wav, audio, RATE, subtype="PCM_16")
+    settings = settings_for("opt_in").model_copy(
+        update={"consent_capture": ConsentCapture(methods=("dtmf", "speech"), timeout_seconds=10)}
+    )
+    phone = Baresip(tmp_path / "speaker", wav)
+    await phone.start()
+    try:
+        async with gateway(settings, asr) as gw:
+            call = await dial(gw, phone)
+            decided = await gw.state(State.GRANTED, State.DECLINED)
+            assert decided.state is State.GRANTED
+            await talk_then_hang_up(call, phone, packets=RECORDED_PACKETS + 2 * 50)
+            _, outcome = await gw.outcome()
+    finally:
+        await phone.stop()
+
+    (decision,) = [d for d in outcome.decisions if d.party == "caller"]
+    assert decision.method.value == "speech", decision
+    assert ("caller", "granted", "answered_yes") in await stored_decisions(gw, call.id)
+    evidence = decision.evidence
+    assert evidence.words == "yes i agree"
+    assert evidence.confidence is not None and evidence.confidence > 0.6
+    # The words were said before the consent instant, so they are not in the file; the
+    # tones that start TONES_AFTER_SPEECH after them are (the grant came after the words).
+    skip = round((TONES_AFTER_SPEECH + 0.5) * RATE)
+    await check_recorded_from(gw, phone, outcome, decision.decided_at, skip=skip)
