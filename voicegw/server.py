@@ -16,27 +16,34 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
+from voicegw.asr.registry import default_asr_registry
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
 from voicegw.calls.agent_bridge import AgentBridge
 from voicegw.calls.agents import AgentDirectory
 from voicegw.calls.bridge import BridgeService, store_contacts, store_tenant_users
+from voicegw.calls.consented import ConsentedDeps, with_consent
 from voicegw.calls.echo import EchoService
+from voicegw.calls.prompts import PromptCache
 from voicegw.calls.records import CallRecords
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import SipCalls, SipCallsConfig
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.calls.trunks import trunk_table
 from voicegw.config import Settings
+from voicegw.media.clock import MediaClock
 from voicegw.media.ports import PortAllocator
 from voicegw.media.webrtc import IceServer, WebRtcConfig
 from voicegw.recording import retention
 from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.recorder import recover_incomplete
 from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate, sip_accounts, tenants
 from voicegw.store.db import create_engine, session_factory
+from voicegw.store.prompt_files import PromptLibrary
+from voicegw.tts.registry import default_tts_registry
 
 log = logging.getLogger("voicegw.server")
 
@@ -91,8 +98,14 @@ def call_layer(
     sip: SipService,
     sessions: async_sessionmaker[AsyncSession],
     agents: AgentDirectory,
+    consent: ConsentedDeps,
+    queue: AgentBridge | None = None,
 ) -> tuple[SipCalls, CallRecords]:
-    """Calls on the SIP service: routing (no open relay) to the node's services."""
+    """Calls on the SIP service: routing (no open relay) to the node's services.
+
+    A tenant's own numbers go through the tenant's consent flow first (notice or
+    question, the encrypted recording behind the gate), then to the agent queue.
+    """
 
     async def number_owner(number: str) -> str | None:
         async with sessions() as session:
@@ -111,7 +124,9 @@ def call_layer(
         {
             Service.ECHO: EchoService(),
             Service.BRIDGE_USER: bridge,
-            Service.AGENT_QUEUE: AgentBridge(agents),
+            Service.AGENT_QUEUE: with_consent(
+                queue if queue is not None else AgentBridge(agents), consent
+            ),
         },
         SipCallsConfig(
             media_address=media.advertised_address or settings.sip.host,
@@ -122,6 +137,19 @@ def call_layer(
     calls.on_call = records.track  # a Call row for every inbound call, whichever service
     calls.attach()
     return calls, records
+
+
+async def recover_recordings(
+    sessions: async_sessionmaker[AsyncSession], storage: StorageBackend, keys: LocalKeyring
+) -> int:
+    """Settle what a crash left ``writing`` (every tenant); run before any call is taken."""
+    async with sessions() as session:
+        tenant_ids = [tenant.id for tenant in await tenants.list_tenants(session)]
+    recovered = 0
+    for tenant_id in tenant_ids:
+        recovered += len(await recover_incomplete(sessions, storage, keys, tenant_id=tenant_id))
+    log.info("recording.recovered", extra={"objects": recovered})
+    return recovered
 
 
 async def sweep_periodically(
@@ -158,13 +186,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         webrtc_config(settings), wrap_up_seconds=settings.webrtc.wrap_up_seconds
     )
     storage = LocalFilesystemStorage(settings.recordings_root)
+    keyring = LocalKeyring(settings.key_dir)
+    await recover_recordings(sessions, storage, keyring)
+    queue = AgentBridge(agents)  # the call layer's agent queue, also the supervisor view's
     app = create_app(
         sessions,
         settings.storage.data_dir,
         agents=agents,
         sip_domain=settings.sip.domain,
         recording_storage=storage,
-        recording_keys=LocalKeyring(settings.key_dir),
+        recording_keys=keyring,
+        queues=queue,
     )
     runner = web.AppRunner(app, access_log=None)
     sip = SipService(
@@ -174,7 +206,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         tls_context=tls_context(settings),
         trunks=trunk_table(settings.trunks),
     )
-    calls, records = call_layer(settings, sip, sessions, agents)
+    media_clock = MediaClock()
+    media_clock.start()
+    asr = default_asr_registry()
+    consent = ConsentedDeps(
+        sessions=sessions,
+        storage=storage,
+        keys=keyring,
+        clock=media_clock,
+        tts=default_tts_registry(),
+        prompt_cache=PromptCache(),
+        asr=asr,
+        prompt_files=PromptLibrary(settings.storage.data_dir / "prompts"),
+    )
+    calls, records = call_layer(settings, sip, sessions, agents, consent, queue=queue)
     sweeper: asyncio.Task[None] | None = None
     try:
         bound = await sip.start()
@@ -230,4 +275,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await sip.stop()
         await runner.cleanup()
         await agents.close()
+        await media_clock.stop()
+        for provider in asr.list():
+            await provider.aclose()  # the local engine's worker processes
         await engine.dispose()

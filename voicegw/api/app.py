@@ -13,9 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from voicegw.api.context import (
     PRINCIPAL,
     PROMPTS,
+    QUEUES,
     RECORDINGS,
     SESSIONS,
     SIP_DOMAIN,
+    NoQueues,
+    QueueView,
     RecordingVault,
 )
 from voicegw.api.errors import ApiError, Handler, error_middleware
@@ -85,6 +88,7 @@ def create_app(
     sip_domain: str = "voicegw.local",
     recording_storage: StorageBackend | None = None,
     recording_keys: KeyUnwrapper | None = None,
+    queues: QueueView | None = None,
 ) -> web.Application:
     # Order: metrics sees every final status; errors turn exceptions (incl. auth's) into JSON.
     app = web.Application(
@@ -94,6 +98,8 @@ def create_app(
     app[SESSIONS] = sessions
     app[PROMPTS] = PromptLibrary(data_dir / "prompts")
     app[SIP_DOMAIN] = sip_domain
+    # The supervisor view's queue (the call layer's AgentBridge); none without a call layer.
+    app[QUEUES] = queues if queues is not None else NoQueues()
     # Defaults follow Settings: <data_dir>/recordings and <data_dir>/keys.
     app[RECORDINGS] = RecordingVault(
         recording_storage

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.calls.agent_bridge import WaitingCaller
 from voicegw.recording.keys import KeyUnwrapper
 from voicegw.recording.storage import StorageBackend
 from voicegw.store.prompt_files import PromptLibrary
@@ -27,3 +30,20 @@ class RecordingVault:
 
 
 RECORDINGS: web.AppKey[RecordingVault] = web.AppKey("recordings", RecordingVault)
+
+
+class QueueView(Protocol):
+    """Read-only look at the callers waiting per tenant (the AgentBridge satisfies it)."""
+
+    def waiting(self, tenant_id: str) -> Sequence[WaitingCaller]: ...
+
+
+class NoQueues:
+    """No call layer in this process (an API-only deployment): nobody is ever queued."""
+
+    def waiting(self, tenant_id: str) -> Sequence[WaitingCaller]:
+        return ()
+
+
+# A Protocol is not a concrete class, so the key carries no runtime type.
+QUEUES: web.AppKey[QueueView] = web.AppKey("queues")

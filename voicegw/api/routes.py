@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from voicegw.api import admin, prompts, recordings, sip_users
+from voicegw.api import admin, prompts, recordings, sip_users, supervisor
 from voicegw.api.errors import Handler
 from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
 
@@ -204,6 +204,14 @@ ROUTES: tuple[Route, ...] = (
         recordings.transcript_text,
         "Download a decrypted transcript as JSON lines (streamed); audited before sending",
         ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/supervisor",
+        supervisor.supervisor_view,
+        "Live view: agents with presence and current call, the queue, calls in progress "
+        "(caller numbers masked)",
+        READ,
     ),
     Route(
         "POST",

@@ -45,6 +45,7 @@ from voicegw.calls.queues import (
 )
 from voicegw.calls.sip_calls import CallState as SipCallState
 from voicegw.calls.sip_calls import InboundCall
+from voicegw.logs import mask_number
 from voicegw.media.clock import MediaClock
 from voicegw.media.playback import BufferSource, Playback, PlaybackSource, tone
 from voicegw.media.webrtc import FRAME_BYTES, LiveSource
@@ -55,6 +56,7 @@ __all__ = [
     "AgentBridge",
     "AgentBridgeConfig",
     "OverflowTreatment",
+    "WaitingCaller",
     "caller_of",
     "default_hold_music",
 ]
@@ -115,6 +117,16 @@ class AgentBridgeConfig:
     poll_interval: float = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class WaitingCaller:
+    """One caller in a tenant's queue, as a supervisor sees it."""
+
+    call_id: str
+    caller: str  # masked: never the raw number
+    waited: float  # seconds since the call joined the queue
+    ringing_agent: int | None
+
+
 @dataclass(eq=False)
 class _Bridged:
     """One caller in the bridge: its SIP leg, its media and where it stands."""
@@ -126,6 +138,8 @@ class _Bridged:
     agent_call: AgentCall | None = None
     music: Playback | None = None
     connected: bool = False
+    #: Loop time at which the call reached the bridge (its wait in the queue starts then).
+    arrived: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     #: Set to the agent call that was answered, or None when the call overflowed.
     outcome: asyncio.Future[AgentCall | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -169,6 +183,23 @@ class AgentBridge:
         """Calls of ``tenant_id`` waiting for an agent (ringing ones included)."""
         tenant = self._tenants.get(tenant_id)
         return 0 if tenant is None else len(tenant.queue)
+
+    def waiting(self, tenant_id: str) -> list[WaitingCaller]:
+        """The callers of ``tenant_id`` still queued (ringing ones included), longest first."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return []
+        now = self._now()
+        queued = [b for key, b in tenant.calls.items() if key in tenant.queue]
+        return [
+            WaitingCaller(
+                call_id=b.call.id,
+                caller=mask_number(caller_of(b.call)),
+                waited=max(0.0, now - b.arrived),
+                ringing_agent=tenant.queue.ringing(b.call.id),
+            )
+            for b in sorted(queued, key=lambda b: b.arrived)
+        ]
 
     async def close(self) -> None:
         for tenant in self._tenants.values():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -233,6 +234,9 @@ class AgentCall:
     consent: ConsentView = field(default_factory=ConsentView)
     dtmf: list[str] = field(default_factory=list)
     leg: WebRtcLeg | None = None
+    #: Wall-clock times (``time.time()``) for the supervisor view's durations.
+    offered_at: float = field(default_factory=time.time)
+    answered_at: float | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> CallView:
@@ -268,6 +272,8 @@ class AgentSession:
     outbox: Outbox | None = None
     call: AgentCall | None = None
     wrap_up: asyncio.TimerHandle | None = None
+    #: When ``presence`` last changed (``time.time()``), for the supervisor view.
+    presence_since: float = field(default_factory=time.time)
 
     def tell(self, event: AgentEvent) -> None:
         if self.outbox is not None:
@@ -289,6 +295,14 @@ class AgentDirectory:
 
     def session(self, agent_id: int) -> AgentSession | None:
         return self._sessions.get(agent_id)
+
+    def sessions(self, tenant_id: str) -> list[AgentSession]:
+        """The sessions of ``tenant_id``'s agents (read-only use: the supervisor view)."""
+        return [s for s in self._sessions.values() if s.tenant_id == tenant_id]
+
+    def calls(self, tenant_id: str) -> list[AgentCall]:
+        """The calls of ``tenant_id`` offered to agents and not ended yet (read-only use)."""
+        return [c for c in self._calls.values() if c.tenant_id == tenant_id]
 
     def available_agents(self, tenant_id: str) -> list[int]:
         """Agents of ``tenant_id`` that :meth:`offer_call` would ring right now."""
@@ -342,6 +356,7 @@ class AgentDirectory:
             )
         if target is not session.presence:
             session.presence = target
+            session.presence_since = time.time()
             session.tell(PresenceChanged(target))
 
     def _wrap_up_over(self, session: AgentSession) -> None:
@@ -425,6 +440,7 @@ class AgentDirectory:
             return
         if action is CallAction.ANSWER:
             self._move(session, PresenceEvent.CALL_ANSWERED)
+            call.answered_at = time.time()
         call.held = target is CallState.HELD
         if call.leg is not None:
             call.leg.hold(call.held)
