@@ -53,6 +53,7 @@ from voicegw.media.codecs import codec_by_name
 from voicegw.media.dtmf import EVENT_DIGITS, DtmfDigit
 from voicegw.media.ports import PortAllocator, PortsExhausted, RtpPorts
 from voicegw.media.session import DtmfReceived, LegConfig, MediaEvent, MediaLeg
+from voicegw.media.srtp import SrtpContext
 from voicegw.media.transport import LegTransport, wallclock_offset
 from voicegw.sip.dialog import AckWait, Dialog, DialogId
 from voicegw.sip.digest import CHALLENGE_HEADERS, AuthAttempt, AuthorizationHeader, DigestClient
@@ -69,6 +70,7 @@ from voicegw.sip.offer_answer import (
     Answer,
     MediaCapabilities,
     NegotiatedAudio,
+    SrtpPolicy,
     answer_offer,
     apply_answer,
     create_offer,
@@ -163,6 +165,18 @@ class SipCallsConfig:
     min_session_expires: int = DEFAULT_MIN_SE
     #: Calls longer than this get our BYE (None: no limit).
     max_call_seconds: float | None = None
+    #: SDES-SRTP when we answer: OPTIONAL takes RTP/SAVP and crypto-bearing offers.
+    srtp: SrtpPolicy = SrtpPolicy.OPTIONAL
+    #: SDES-SRTP in the offers of our outbound calls (plain RTP unless a trunk needs it).
+    offer_srtp: SrtpPolicy = SrtpPolicy.DISABLED
+
+
+def srtp_context(audio: NegotiatedAudio) -> SrtpContext | None:
+    """The leg's SRTP keys when the negotiation chose SDES-SRTP, else None (plain RTP)."""
+    local, remote = audio.local_crypto, audio.remote_crypto
+    if local is None or remote is None:
+        return None
+    return SrtpContext.sdes(local.suite, local.key_salt, remote.key_salt)
 
 
 class CallLegTransport(LegTransport):
@@ -287,6 +301,7 @@ class CallLeg:
         self._call_media: RtpCallMedia | None = None
         transport.on_event = self._on_media_event
         transport.held = not self.audio.direction.sends
+        transport.srtp = srtp_context(audio)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, state={self.state.value})"
@@ -376,6 +391,7 @@ class CallLeg:
                     self._calls.capabilities(self._ports),
                     self.local_sdp.origin,
                     previous=self.local_sdp,
+                    keep_crypto=self.audio.local_crypto,
                 )
             except SdpError as error:
                 self._calls.service.respond(tid, self._calls.not_acceptable(request, error))
@@ -398,6 +414,11 @@ class CallLeg:
         remote = (audio.remote_address, audio.remote_port)
         if remote != (previous.remote_address, previous.remote_port):
             self.transport.leg.relearn(now, remote)
+        if (audio.local_crypto, audio.remote_crypto) != (
+            previous.local_crypto,
+            previous.remote_crypto,
+        ):
+            self.transport.srtp = srtp_context(audio)  # re-keyed, or SRTP turned on/off
         held = not audio.direction.sends
         if held != self.transport.held or audio.direction != previous.direction:
             self.transport.held = held
@@ -850,7 +871,7 @@ class SipCalls:
             ports = self.ports.allocate()
         except PortsExhausted:
             return CallFailed(503, "No RTP ports")
-        caps = self.capabilities(ports)
+        caps = self.capabilities(ports, self.config.offer_srtp)
         offer = create_offer(caps, new_origin(self.config.media_address))
         from_tag = new_tag()
         pairs = [
@@ -1093,12 +1114,14 @@ class SipCalls:
 
     # --- helpers for the calls --------------------------------------------------------------
 
-    def capabilities(self, ports: RtpPorts) -> MediaCapabilities:
+    def capabilities(self, ports: RtpPorts, srtp: SrtpPolicy | None = None) -> MediaCapabilities:
+        """What we offer or answer with; ``srtp`` defaults to the answering policy."""
         return MediaCapabilities(
             address=self.config.media_address,
             port=ports.rtp_port,
             codecs=self.config.codecs,
             rtcp_mux=ports.rtcp is None,
+            srtp=self.config.srtp if srtp is None else srtp,
         )
 
     def not_acceptable(self, request: SipRequest, error: SdpError) -> SipResponse:
@@ -1171,4 +1194,5 @@ __all__ = [
     "SipCalls",
     "SipCallsConfig",
     "info_digit",
+    "srtp_context",
 ]

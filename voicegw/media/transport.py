@@ -7,6 +7,10 @@ leg's. Audio received on a leg that has a ``peer`` is relayed to the peer
 from inside ``datagram_received``, so the relay path has no queue, task
 switch or clock tick in it; everything else goes to ``on_event``.
 
+With ``srtp`` set (SDES-SRTP), datagrams are authenticated and decrypted before
+the leg sees them (so forged packets cannot move the latch either) and
+protected just before each ``sendto``.
+
 Works on the default loop and on uvloop alike (uvloop is optional).
 """
 
@@ -19,6 +23,7 @@ from typing import Any, cast
 
 from .ports import RtpPorts
 from .session import Address, MediaEvent, MediaLeg, RtpReceived
+from .srtp import SrtpContext
 
 __all__ = ["LegTransport", "wallclock_offset"]
 
@@ -64,6 +69,8 @@ class LegTransport:
         self.peer: LegTransport | None = None
         self.socket_errors = 0
         self.unsent = 0  # frames with nowhere to go yet (remote address unknown)
+        #: Set when the call negotiated SDES-SRTP; None keeps the plain path untouched.
+        self.srtp: SrtpContext | None = None
         self._loop = loop
         self._time = loop.time
         self._rtp = _Socket(self)
@@ -90,6 +97,12 @@ class LegTransport:
     # -- receive -------------------------------------------------------------
 
     def _datagram(self, data: bytes, addr: Any) -> None:
+        srtp = self.srtp
+        if srtp is not None:
+            plain = srtp.unprotect(data)
+            if plain is None:
+                return  # forged, replayed or garbled: counted in srtp.stats
+            data = plain
         now = self._time()
         # IPv6 source addresses come as 4-tuples; the leg compares (host, port).
         events = self.leg.receive(data, (addr[0], addr[1]), now)
@@ -116,6 +129,11 @@ class LegTransport:
         if addr is None or transport is None or self._closed:
             self.unsent += 1
             return
+        if self.srtp is not None:
+            protected = self.srtp.protect_rtp(data)
+            if protected is None:
+                return
+            data = protected
         transport.sendto(data, addr)
 
     def send_pcm(self, pcm: bytes, now: float | None = None) -> None:
@@ -132,8 +150,15 @@ class LegTransport:
 
     def _sendto(self, data: bytes, addr: Address, *, rtcp: bool) -> None:
         sock = self._rtcp if rtcp and self._rtcp is not None else self._rtp
-        if sock.transport is not None and not self._closed:
-            sock.transport.sendto(data, addr)
+        if sock.transport is None or self._closed:
+            return
+        if self.srtp is not None:
+            srtp = self.srtp
+            protected = srtp.protect_rtcp(data) if rtcp else srtp.protect_rtp(data)
+            if protected is None:
+                return
+            data = protected
+        sock.transport.sendto(data, addr)
 
     # -- timer ---------------------------------------------------------------
 
