@@ -83,6 +83,4 @@ async def test_first_start_creates_demo_tenant_and_private_operator_token(tmp_pa
         logs = await proc.stderr.read()
     assert code == 0
     assert b'"event":"server.started"' in logs
-    # The retention sweeper runs at start (and every sweep_interval_seconds).
-    assert b'"event":"retention.swept"' in logs
     assert token.encode() not in logs
