@@ -10,20 +10,25 @@ wait is on a baresip ctrl_tcp event or a gateway call event, bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.e2e.peers import (
+    EVENT_TIMEOUT,
+    RATE,
+    Baresip,
+    acme_store,
+    aligned_correlation_signed,
+    loopback_sip_service,
+    tone_sequence,
+)
 from voicegw.calls.bridge import BridgeConfig, BridgeService, store_contacts, store_tenant_users
 from voicegw.calls.echo import EchoService
 from voicegw.calls.records import CallRecords
@@ -36,13 +41,9 @@ from voicegw.calls.sip_calls import (
     SipCalls,
     SipCallsConfig,
 )
-from voicegw.calls.sip_service import SipService, SipServiceConfig, tenant_realm
+from voicegw.calls.sip_service import SipService, tenant_realm
 from voicegw.media.ports import PortAllocator
-from voicegw.sip.transport import ListenAddresses
-from voicegw.store import migrate, sip_accounts, tenants
-from voicegw.store.db import create_engine, session_factory
 from voicegw.store.models import Call
-from voicegw.tenant_settings import TenantSettings
 
 pytestmark = [
     pytest.mark.e2e,
@@ -54,203 +55,7 @@ DOMAIN = "voice.test"
 REALM = tenant_realm("acme", DOMAIN)
 BOB_URI = f"sip:bob@{REALM}"
 SECRET = b"e2e-nonce-secret-0123456789"
-EVENT_TIMEOUT = 10.0
-RATE = 8000
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
-
-
-def free_port_pair() -> int:
-    """A UDP port whose TCP twin and the next port (baresip's TLS listener) are free too."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            for candidate in (port, port + 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as check:
-                    check.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def tone_sequence(seconds: float, seed: int) -> np.ndarray:
-    """Non-repeating 100 ms chirps (300-3000 Hz): one unambiguous alignment per seed."""
-    rng = np.random.default_rng(seed)
-    step = RATE // 10
-    t = np.arange(step) / RATE
-    pieces = []
-    for _ in range(int(seconds * 10)):
-        f0, f1 = rng.uniform(300, 3000, size=2)
-        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t * 5)
-        pieces.append(0.4 * np.sin(phase) * np.hanning(step) ** 0.25)
-    return np.concatenate(pieces).astype(np.float32)
-
-
-def aligned_correlation(sent: np.ndarray, received: np.ndarray) -> tuple[float, int]:
-    """Normalised correlation at the best lag within +-1 s (received relative to sent).
-
-    The lag can be negative: the callee's first packets, sent before the caller
-    leg was answered, are never relayed.
-    """
-    n = len(sent) + len(received)
-    xcorr = np.fft.irfft(np.fft.rfft(received, n) * np.conj(np.fft.rfft(sent, n)), n)
-    lags = np.r_[np.arange(0, RATE), np.arange(-RATE, 0)]
-    window = np.r_[xcorr[:RATE], xcorr[n - RATE :]]
-    lag = int(lags[int(np.argmax(window))])
-    if lag >= 0:
-        a, b = sent, received[lag:]
-    else:
-        a, b = sent[-lag:], received
-    length = min(len(a), len(b))
-    a, b = a[:length], b[:length]
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)), lag
-
-
-class Baresip:
-    """One headless baresip, driven and watched through ctrl_tcp."""
-
-    def __init__(self, home: Path, source_wav: Path, rtp_ports: str) -> None:
-        self.home = home
-        self.sip_port = free_port_pair()
-        self.ctrl_port = free_tcp_port()
-        self.snd_path = home / "snd"
-        self.snd_path.mkdir(parents=True)
-        (home / "config").write_text(
-            "\n".join(
-                [
-                    f"sip_listen 127.0.0.1:{self.sip_port}",
-                    "module_path /usr/lib/baresip/modules",
-                    f"audio_source aufile,{source_wav}",
-                    "audio_player aufile,/dev/null",
-                    "audio_alert aufile,/dev/null",
-                    f"snd_path {self.snd_path}",
-                    f"rtp_ports {rtp_ports}",
-                    "module g711.so",
-                    "module aufile.so",
-                    "module sndfile.so",
-                    "module_app account.so",
-                    "module_app menu.so",
-                    "module_app ctrl_tcp.so",
-                    f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
-                    "",
-                ]
-            )
-        )
-        (home / "accounts").write_text("")
-        self.process: asyncio.subprocess.Process | None = None
-        self._log = (home / "stdout.log").open("wb")
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._buffer = b""
-        self.seen: list[dict[str, object]] = []
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "baresip",
-            "-f",
-            str(self.home),
-            "-n",
-            "127.0.0.1",
-            "-t",
-            "60",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        while self._writer is None:
-            try:
-                self._reader, self._writer = await asyncio.open_connection(
-                    "127.0.0.1", self.ctrl_port
-                )
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"baresip ctrl_tcp never listened: {self.log()}") from None
-                await asyncio.sleep(0.05)
-
-    async def command(self, command: str, params: str = "") -> None:
-        payload = json.dumps({"command": command, "params": params, "token": command}).encode()
-        assert self._writer is not None
-        self._writer.write(b"%d:%s," % (len(payload), payload))
-        await self._writer.drain()
-
-    async def register(
-        self, user: str, password: str, gateway_port: int, *, auto_answer: bool = False
-    ) -> None:
-        account = (
-            f"<sip:{user}@{REALM};transport=udp>;auth_user={user};auth_pass={password}"
-            f';outbound="sip:127.0.0.1:{gateway_port};transport=udp";regint=60'
-            + (";answermode=auto" if auto_answer else "")
-        )
-        await self.command("uanew", account)
-        assert await self.event_type("REGISTER_OK", "REGISTER_FAIL") == "REGISTER_OK", self.log()
-
-    async def event(self, *wanted: str, within: float = EVENT_TIMEOUT) -> dict[str, object]:
-        """The first event of one of the ``wanted`` types (AssertionError if none comes)."""
-        assert self._reader is not None
-        deadline = time.monotonic() + within
-        while True:
-            for event in self._events():
-                self.seen.append(event)
-                if event.get("type") in wanted:
-                    return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"none of {wanted} from baresip: {self.log()[-3000:]}")
-            try:
-                chunk = await asyncio.wait_for(self._reader.read(4096), left)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise AssertionError(f"baresip closed ctrl_tcp: {self.log()[-3000:]}")
-            self._buffer += chunk
-
-    async def event_type(self, *wanted: str) -> str:
-        return str((await self.event(*wanted))["type"])
-
-    def _events(self) -> list[dict[str, object]]:
-        events = []
-        while (colon := self._buffer.find(b":")) > 0:
-            length = int(self._buffer[:colon])
-            if len(self._buffer) < colon + 2 + length:
-                break
-            payload = self._buffer[colon + 1 : colon + 1 + length]
-            self._buffer = self._buffer[colon + 2 + length :]
-            message = json.loads(payload)
-            if message.get("event"):
-                events.append(message)
-        return events
-
-    def recording(self, kind: str) -> np.ndarray:
-        """What sndfile wrote: ``enc`` (sent) or ``dec`` (received)."""
-        found = sorted(self.snd_path.glob(f"dump-*-{kind}.wav"))
-        assert found, f"no {kind} recording in {list(self.snd_path.iterdir())}"
-        data, rate = soundfile.read(found[-1], dtype="float32")
-        assert rate == RATE
-        return np.asarray(data if data.ndim == 1 else data[:, 0])
-
-    def log(self) -> str:
-        path = self.home / "stdout.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await asyncio.wait_for(self.process.wait(), 5)
-        self._log.close()
 
 
 @dataclass
@@ -269,31 +74,14 @@ class Gateway:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'voicegw.db'}")
-    await migrate.upgrade(engine)
-    sessions = session_factory(engine)
-    async with sessions.begin() as session:
-        await tenants.create_tenant(
-            session, actor="test", tenant_id="acme", name="Acme", settings=TenantSettings()
-        )
-        for user in ("alice", "bob"):
-            await sip_accounts.create_credential(
-                session, actor="test", tenant_id="acme", username=user, realm=REALM,
-                password=f"{user}-secret",
-            )  # fmt: skip
-    yield sessions
-    await engine.dispose()
+    users = {user: f"{user}-secret" for user in ("alice", "bob")}
+    async with acme_store(tmp_path / "voicegw.db", users) as sessions:
+        yield sessions
 
 
 @pytest.fixture
 async def gateway(sessions: Sessions) -> AsyncIterator[Gateway]:
-    config = SipServiceConfig(
-        domain=DOMAIN,
-        nonce_secret=SECRET,
-        listen=ListenAddresses(udp=("127.0.0.1", 0)),
-        digest_algorithms=("MD5",),  # baresip 1.0 gives up on SHA-256 challenges
-    )
-    service = SipService(config, sessions)
+    service = loopback_sip_service(sessions, SECRET)
 
     async def owner(number: str) -> str | None:
         return None
@@ -372,8 +160,8 @@ async def connect(gw: Gateway, alice: Baresip, bob: Baresip) -> InboundCall:
     await alice.register("alice", "alice-secret", gw.port)
     await alice.command("dial", BOB_URI)
     call = await asyncio.wait_for(gw.offered.get(), EVENT_TIMEOUT)
-    assert await bob.event_type("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
-    assert await alice.event_type("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+    assert await bob.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+    assert await alice.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
     await asyncio.wait_for(call.confirmed.wait(), EVENT_TIMEOUT)
     return call
 
@@ -389,8 +177,8 @@ async def test_bridged_audio_flows_both_ways_and_caller_bye_ends_the_callee(
     await until(lambda: call.transport.leg.summary().packets_sent >= 150)
     await until(lambda: callee.transport.leg.summary().packets_sent >= 150)
     await alice.command("hangup")
-    assert await alice.event_type("CALL_CLOSED") == "CALL_CLOSED"
-    assert await bob.event_type("CALL_CLOSED") == "CALL_CLOSED"
+    assert await alice.event("CALL_CLOSED") == "CALL_CLOSED"
+    assert await bob.event("CALL_CLOSED") == "CALL_CLOSED"
     await asyncio.wait_for(callee.ended.wait(), EVENT_TIMEOUT)
     assert call.end_reason is EndReason.REMOTE_BYE
     assert callee.end_reason is EndReason.LOCAL_HANGUP
@@ -410,10 +198,12 @@ async def test_bridged_audio_flows_both_ways_and_caller_bye_ends_the_callee(
         assert 0 <= stats["received"]["jitter_ms"] < 100
 
     for sender, receiver in ((alice, bob), (bob, alice)):
-        correlation, lag = aligned_correlation(sender.recording("enc"), receiver.recording("dec"))
+        correlation, lag = aligned_correlation_signed(
+            sender.recording("enc"), receiver.recording("dec")
+        )
         assert correlation > 0.9, (correlation, lag)
     # Nobody hears themselves: the bridge is not an echo.
-    own, _ = aligned_correlation(alice.recording("enc"), alice.recording("dec"))
+    own, _ = aligned_correlation_signed(alice.recording("enc"), alice.recording("dec"))
     assert own < 0.3
 
 
@@ -426,13 +216,13 @@ async def test_bridged_dtmf_reaches_the_callee_and_callee_bye_ends_the_caller(
     received = []
     for key in "4#":
         await alice.command("sndcode", key)
-        event = await bob.event("CALL_DTMF_START")
+        event = await bob.event_message("CALL_DTMF_START")
         received.append(event.get("param"))
     assert received == ["4", "#"]
     assert bridge.to_callee.sent == ["4", "#"]
     await bob.command("hangup")
-    assert await bob.event_type("CALL_CLOSED") == "CALL_CLOSED"
-    assert await alice.event_type("CALL_CLOSED") == "CALL_CLOSED"
+    assert await bob.event("CALL_CLOSED") == "CALL_CLOSED"
+    assert await alice.event("CALL_CLOSED") == "CALL_CLOSED"
     await asyncio.wait_for(call.ended.wait(), EVENT_TIMEOUT)
     assert call.end_reason is EndReason.LOCAL_HANGUP
     row = await stored_call(gw, sessions)
@@ -449,7 +239,7 @@ async def ring_bob(gw: Gateway, alice: Baresip, bob: Baresip) -> InboundCall:
     await alice.command("dial", BOB_URI)
     call = await asyncio.wait_for(gw.offered.get(), EVENT_TIMEOUT)
     await bob.event("CALL_INCOMING")
-    assert await alice.event_type("CALL_RINGING", "CALL_CLOSED") == "CALL_RINGING"
+    assert await alice.event("CALL_RINGING", "CALL_CLOSED") == "CALL_RINGING"
     return call
 
 
@@ -458,7 +248,7 @@ async def test_callee_declining_gives_the_caller_486_busy(
 ) -> None:
     call = await ring_bob(gateway, alice, bob)
     await bob.command("hangup")  # baresip declines a ringing call with 486
-    assert (await alice.event("CALL_CLOSED"))["param"] == "486 Busy Here"
+    assert (await alice.event_message("CALL_CLOSED"))["param"] == "486 Busy Here"
     await asyncio.wait_for(call.ended.wait(), EVENT_TIMEOUT)
     assert call.end_reason is EndReason.REJECTED
     row = await stored_call(gateway, sessions)
@@ -471,7 +261,7 @@ async def test_caller_cancelling_cancels_the_ringing_callee(
 ) -> None:
     call = await ring_bob(gateway, alice, bob)
     await alice.command("hangup")
-    assert await bob.event_type("CALL_CLOSED", "CALL_ESTABLISHED") == "CALL_CLOSED"
+    assert await bob.event("CALL_CLOSED", "CALL_ESTABLISHED") == "CALL_CLOSED"
     await asyncio.wait_for(call.ended.wait(), EVENT_TIMEOUT)
     assert call.end_reason is EndReason.CANCELLED
     await until(lambda: gateway.calls.calls == {} and gateway.calls.ports.in_use == 0)
@@ -484,8 +274,8 @@ async def test_unanswered_callee_is_cancelled_and_the_caller_gets_480(
 ) -> None:
     gateway.bridge.config = BridgeConfig(answer_timeout=1.0)
     call = await ring_bob(gateway, alice, bob)
-    assert (await alice.event("CALL_CLOSED"))["param"] == "480 No Answer"
-    assert await bob.event_type("CALL_CLOSED", "CALL_ESTABLISHED") == "CALL_CLOSED"
+    assert (await alice.event_message("CALL_CLOSED"))["param"] == "480 No Answer"
+    assert await bob.event("CALL_CLOSED", "CALL_ESTABLISHED") == "CALL_CLOSED"
     await asyncio.wait_for(call.ended.wait(), EVENT_TIMEOUT)
     row = await stored_call(gateway, sessions)
     assert row.end_reason == "callee-no-answer"
@@ -496,7 +286,7 @@ async def test_unregistered_callee_gives_the_caller_480_at_once(
 ) -> None:
     await alice.register("alice", "alice-secret", gateway.port)
     await alice.command("dial", BOB_URI)
-    assert (await alice.event("CALL_CLOSED"))["param"] == "480 Temporarily Unavailable"
+    assert (await alice.event_message("CALL_CLOSED"))["param"] == "480 Temporarily Unavailable"
     row = await stored_call(gateway, sessions)
     assert row.end_reason == "callee-not-registered"
 
@@ -531,4 +321,4 @@ async def test_caller_hold_stops_the_relay_both_ways_until_resumed(
     assert await asyncio.wait_for(held.get(), EVENT_TIMEOUT) is False
     await until(lambda: sent_to_callee() >= at_hold + 25)
     await alice.command("hangup")
-    assert await bob.event_type("CALL_CLOSED") == "CALL_CLOSED"
+    assert await bob.event("CALL_CLOSED") == "CALL_CLOSED"

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ import pytest
 import soundfile
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.e2e.peers import EVENT_TIMEOUT, RATE, Baresip, loopback_sip_service, tone_sequence
 from voicegw.asr.pocketsphinx_local import PocketsphinxAsr
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.consent_flow import ConsentOutcome
@@ -46,7 +45,7 @@ from voicegw.calls.echo import EchoService
 from voicegw.calls.prompts import PromptCache
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import InboundCall, SipCalls, SipCallsConfig
-from voicegw.calls.sip_service import SipService, SipServiceConfig, tenant_realm
+from voicegw.calls.sip_service import SipService, tenant_realm
 from voicegw.consent import State
 from voicegw.media.clock import MediaClock
 from voicegw.media.ports import PortAllocator
@@ -55,7 +54,6 @@ from voicegw.recording.container import decrypt
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import open_stored, wrapped_key_of
 from voicegw.recording.storage import LocalFilesystemStorage
-from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate, sip_accounts, tenants
 from voicegw.store import recordings as store
 from voicegw.store.db import create_engine, session_factory
@@ -82,8 +80,6 @@ REALM = tenant_realm(TENANT, DOMAIN)
 NUMBER = "+4930901820"
 NUMBER_URI = f"sip:{NUMBER}@{REALM}"
 SECRET = b"e2e-nonce-secret-0123456789"
-EVENT_TIMEOUT = 10.0
-RATE = 8000
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
 PROMPT = "Recording. Press 1 or 2."
 WPM = 230
@@ -94,42 +90,6 @@ RECORDED_PACKETS = 100  # 2 s of echoed audio after the decision before baresip 
 
 
 # --- baresip ----------------------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A UDP port whose TCP twin and the next port (baresip's TLS listener) are free too."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            for candidate in (port, port + 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as check:
-                    check.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def tone_sequence(seconds: float, seed: int = 11) -> Pcm:
-    """Non-repeating 100 ms tones and chirps (300-3000 Hz): one unambiguous alignment."""
-    rng = np.random.default_rng(seed)
-    step = RATE // 10
-    t = np.arange(step) / RATE
-    pieces = []
-    for _ in range(int(seconds * 10)):
-        f0, f1 = rng.uniform(300, 3000, size=2)
-        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t * 5)
-        pieces.append(0.4 * np.sin(phase) * np.hanning(step) ** 0.25)
-    return np.concatenate(pieces).astype(np.float32)
 
 
 def best_match(needle: Pcm, haystack: Pcm) -> tuple[float, int]:
@@ -163,135 +123,6 @@ def spectral_match(needle: Pcm, haystack: Pcm) -> float:
     b = log_spectrogram(haystack[lag : lag + len(needle)]).ravel()
     a, b = a - a.mean(), b - b.mean()
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
-class Baresip:
-    """One headless baresip, driven and watched through ctrl_tcp."""
-
-    def __init__(self, home: Path, source_wav: Path) -> None:
-        self.home = home
-        self.sip_port = free_port_pair()
-        self.ctrl_port = free_tcp_port()
-        self.snd_path = home / "snd"
-        self.snd_path.mkdir(parents=True)
-        (home / "config").write_text(
-            "\n".join(
-                [
-                    f"sip_listen 127.0.0.1:{self.sip_port}",
-                    "module_path /usr/lib/baresip/modules",
-                    f"audio_source aufile,{source_wav}",
-                    "audio_player aufile,/dev/null",
-                    "audio_alert aufile,/dev/null",
-                    f"snd_path {self.snd_path}",
-                    "rtp_ports 43000-43999",
-                    "module g711.so",
-                    "module aufile.so",
-                    "module sndfile.so",
-                    "module_app account.so",
-                    "module_app menu.so",
-                    "module_app ctrl_tcp.so",
-                    f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
-                    "",
-                ]
-            )
-        )
-        (home / "accounts").write_text("")
-        self.process: asyncio.subprocess.Process | None = None
-        self._log = (home / "stdout.log").open("wb")
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._buffer = b""
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "baresip",
-            "-f",
-            str(self.home),
-            "-n",
-            "127.0.0.1",
-            "-t",
-            "60",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        while self._writer is None:
-            try:
-                self._reader, self._writer = await asyncio.open_connection(
-                    "127.0.0.1", self.ctrl_port
-                )
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"baresip ctrl_tcp never listened: {self.log()}") from None
-                await asyncio.sleep(0.05)
-
-    async def command(self, command: str, params: str = "") -> None:
-        payload = json.dumps({"command": command, "params": params, "token": command}).encode()
-        assert self._writer is not None
-        self._writer.write(b"%d:%s," % (len(payload), payload))
-        await self._writer.drain()
-
-    async def register(self, user: str, password: str, gateway_port: int) -> None:
-        account = (
-            f"<sip:{user}@{REALM};transport=udp>;auth_user={user};auth_pass={password}"
-            f';outbound="sip:127.0.0.1:{gateway_port};transport=udp";regint=60'
-        )
-        await self.command("uanew", account)
-        assert await self.event("REGISTER_OK", "REGISTER_FAIL") == "REGISTER_OK", self.log()
-
-    async def event(self, *wanted: str, within: float = EVENT_TIMEOUT) -> str:
-        """The first of ``wanted`` event types to arrive (AssertionError if none does)."""
-        assert self._reader is not None
-        deadline = time.monotonic() + within
-        while True:
-            for event in self._events():
-                if event.get("type") in wanted:
-                    return str(event["type"])
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"none of {wanted} from baresip: {self.log()[-3000:]}")
-            try:
-                chunk = await asyncio.wait_for(self._reader.read(4096), left)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise AssertionError(f"baresip closed ctrl_tcp: {self.log()[-3000:]}")
-            self._buffer += chunk
-
-    def _events(self) -> list[dict[str, object]]:
-        events = []
-        while (colon := self._buffer.find(b":")) > 0:
-            length = int(self._buffer[:colon])
-            if len(self._buffer) < colon + 2 + length:
-                break
-            message = json.loads(self._buffer[colon + 1 : colon + 1 + length])
-            self._buffer = self._buffer[colon + 2 + length :]
-            if message.get("event"):
-                events.append(message)
-        return events
-
-    def recording(self, kind: str) -> Pcm:
-        """What sndfile wrote: ``enc`` (sent) or ``dec`` (received)."""
-        found = sorted(self.snd_path.glob(f"dump-*-{kind}.wav"))
-        assert found, f"no {kind} recording in {list(self.snd_path.iterdir())}"
-        data, rate = soundfile.read(found[-1], dtype="float32")
-        assert rate == RATE
-        return np.asarray(data if data.ndim == 1 else data[:, 0], dtype=np.float32)
-
-    def log(self) -> str:
-        path = self.home / "stdout.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await asyncio.wait_for(self.process.wait(), 5)
-        self._log.close()
 
 
 # --- the gateway --------------------------------------------------------------------------------
@@ -395,15 +226,7 @@ def gateway(
                 realm=REALM,
                 password="secret",
             )
-        service = SipService(
-            SipServiceConfig(
-                domain=DOMAIN,
-                nonce_secret=SECRET,
-                listen=ListenAddresses(udp=("127.0.0.1", 0)),
-                digest_algorithms=("MD5",),  # baresip 1.0 gives up on SHA-256 challenges
-            ),
-            sessions,
-        )
+        service = loopback_sip_service(sessions, SECRET)
 
         async def owner(number: str) -> str | None:
             async with sessions() as session:
@@ -451,13 +274,13 @@ def gateway(
 @pytest.fixture
 def source_wav(tmp_path: Path) -> Path:
     path = tmp_path / "in.wav"
-    soundfile.write(path, tone_sequence(INPUT_SECONDS), RATE, subtype="PCM_16")
+    soundfile.write(path, tone_sequence(INPUT_SECONDS, seed=11), RATE, subtype="PCM_16")
     return path
 
 
 @pytest.fixture
 async def phone(tmp_path: Path, source_wav: Path) -> AsyncIterator[Baresip]:
-    baresip = Baresip(tmp_path / "alice", source_wav)
+    baresip = Baresip(tmp_path / "alice", source_wav, rtp_ports="43000-43999")
     await baresip.start()
     yield baresip
     await baresip.stop()
@@ -653,13 +476,13 @@ async def test_opt_in_caller_says_yes_i_agree_and_is_recorded_from_the_recognise
     )
     lead = np.zeros(int(SPEECH_STARTS * RATE), dtype=np.float32)
     gap = np.zeros(int(TONES_AFTER_SPEECH * RATE), dtype=np.float32)
-    audio = np.concatenate([lead, answer, gap, tone_sequence(INPUT_SECONDS)])
+    audio = np.concatenate([lead, answer, gap, tone_sequence(INPUT_SECONDS, seed=11)])
     wav = tmp_path / "answer.wav"
     soundfile.write(wav, audio, RATE, subtype="PCM_16")
     settings = settings_for("opt_in").model_copy(
         update={"consent_capture": ConsentCapture(methods=("dtmf", "speech"), timeout_seconds=10)}
     )
-    phone = Baresip(tmp_path / "speaker", wav)
+    phone = Baresip(tmp_path / "speaker", wav, rtp_ports="43000-43999")
     await phone.start()
     try:
         async with gateway(settings, asr) as gw:

@@ -11,11 +11,8 @@ event, bounded by a timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
-import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +21,14 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.e2e.peers import RATE, Linphonec, acme_store, loopback_sip_service, tone_sequence
 from voicegw.calls.echo import EchoService
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import InboundCall, OutboundCall, SipCalls
-from voicegw.calls.sip_service import SipService, SipServiceConfig, tenant_realm
+from voicegw.calls.sip_service import SipService, tenant_realm
 from voicegw.media.ports import PortAllocator
 from voicegw.sip.transaction import Destination
-from voicegw.sip.transport import ListenAddresses
 from voicegw.sip.uri import parse_uri
-from voicegw.store import migrate, sip_accounts, tenants
-from voicegw.store.db import create_engine, session_factory
-from voicegw.tenant_settings import TenantSettings
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,26 +40,6 @@ REALM = tenant_realm("acme", DOMAIN)
 AOR = f"sip:alice@{REALM}"
 PASSWORD = "pw-linphonec"
 TIMEOUT = 15.0
-RATE = 8000
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def chirps(seconds: float, seed: int = 11) -> np.ndarray:
-    """Non-repeating 100 ms chirps (300-3000 Hz): a single unambiguous alignment."""
-    rng = np.random.default_rng(seed)
-    step = RATE // 10
-    t = np.arange(step) / RATE
-    pieces = []
-    for _ in range(int(seconds * 10)):
-        f0, f1 = rng.uniform(300, 3000, size=2)
-        pieces.append(0.4 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t * t * 5)))
-    return np.concatenate(pieces).astype(np.float32)
 
 
 def window_correlations(sent: np.ndarray, received: np.ndarray) -> list[float]:
@@ -87,83 +61,27 @@ def window_correlations(sent: np.ndarray, received: np.ndarray) -> list[float]:
     return found
 
 
-class Linphonec:
-    """linphonec on 127.0.0.1, commands on stdin, answers read from stdout."""
-
-    def __init__(self, home: Path, *, proxy_port: int | None, auto_answer: bool = False) -> None:
-        self.home = home
-        (home / ".local" / "share" / "linphone").mkdir(parents=True)
-        self.config = home / "linphonerc"
-        self.sip_port = free_udp_port()
-        self.auto_answer = auto_answer
-        account = ""
-        if proxy_port is not None:
-            # Proxy and route: REGISTER and every INVITE go to the gateway, never to DNS.
-            hop = f"sip:127.0.0.1:{proxy_port};transport=udp"
-            account = (
-                f"[proxy_0]\nreg_proxy=<{hop}>\nreg_route=<{hop};lr>\nreg_identity={AOR}\n"
-                "reg_expires=3600\nreg_sendregister=1\n"
-                f"[auth_info_0]\nusername=alice\npasswd={PASSWORD}\nrealm={REALM}\n"
-                f"domain={REALM}\n"
-            )
-        self.config.write_text(
-            f"[sip]\nuse_ipv6=0\nbind_address=127.0.0.1\nsip_port={self.sip_port}\n"
-            f"sip_tcp_port=0\ndefault_proxy={0 if proxy_port else -1}\n"
-            "[rtp]\nbind_address=127.0.0.1\naudio_rtp_port=46000-46999\n[video]\nenabled=0\n"
-            # Its echo canceller would cancel the very echo under test.
-            "[sound]\nechocancellation=0\n"
-            + account
+def echo_phone(home: Path, *, proxy_port: int | None, auto_answer: bool = False) -> Linphonec:
+    """A linphonec without echo cancelling, registered as alice via the gateway if proxied."""
+    account = ""
+    if proxy_port is not None:
+        # Proxy and route: REGISTER and every INVITE go to the gateway, never to DNS.
+        hop = f"sip:127.0.0.1:{proxy_port};transport=udp"
+        account = (
+            f"[proxy_0]\nreg_proxy=<{hop}>\nreg_route=<{hop};lr>\nreg_identity={AOR}\n"
+            "reg_expires=3600\nreg_sendregister=1\n"
+            f"[auth_info_0]\nusername=alice\npasswd={PASSWORD}\nrealm={REALM}\n"
+            f"domain={REALM}\n"
         )
-        self.process: asyncio.subprocess.Process | None = None
-        self.output: list[str] = []
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "linphonec",
-            "-c",
-            str(self.config),
-            *(["-a"] if self.auto_answer else []),
-            env={"HOME": str(self.home), "PATH": "/usr/bin:/bin"},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-
-    async def command(self, line: str) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await asyncio.wait_for(self.process.stdin.drain(), TIMEOUT)
-
-    async def wait_for_line(self, needle: str, poll: str | None = None) -> str:
-        """Read stdout until a line contains ``needle``; send ``poll`` once a second meanwhile."""
-        assert self.process is not None and self.process.stdout is not None
-        deadline = time.monotonic() + TIMEOUT
-        next_poll = time.monotonic()
-        while (left := deadline - time.monotonic()) > 0:
-            if poll is not None and time.monotonic() >= next_poll:
-                await self.command(poll)
-                next_poll = time.monotonic() + 1.0
-            try:
-                raw = await asyncio.wait_for(self.process.stdout.readline(), min(left, 1.0))
-            except TimeoutError:
-                continue
-            if not raw:
-                break
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            if needle in line:
-                return line
-        raise AssertionError(f"linphonec never said {needle!r}: {''.join(self.output)[-2000:]}")
-
-    async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            await self.command("quit")
-            await asyncio.wait_for(self.process.wait(), 5.0)
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+    return Linphonec(
+        home,
+        sip_config=f"default_proxy={0 if proxy_port else -1}\n",
+        rtp_config="audio_rtp_port=46000-46999\n",
+        # Its echo canceller would cancel the very echo under test.
+        more_config="[video]\nenabled=0\n[sound]\nechocancellation=0\n" + account,
+        auto_answer=auto_answer,
+        timeout=TIMEOUT,
+    )
 
 
 @dataclass
@@ -180,47 +98,24 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'voicegw.db'}")
-    await migrate.upgrade(engine)
-    sessions = session_factory(engine)
-    async with sessions.begin() as session:
-        await tenants.create_tenant(
-            session, actor="test", tenant_id="acme", name="Acme", settings=TenantSettings()
-        )
-        await sip_accounts.create_credential(
-            session,
-            actor="test",
-            tenant_id="acme",
-            username="alice",
-            realm=REALM,
-            password=PASSWORD,
-        )
-    service = SipService(
-        SipServiceConfig(
-            domain=DOMAIN,
-            nonce_secret=b"e2e-linphonec-nonce-secret",
-            listen=ListenAddresses(udp=("127.0.0.1", 0)),
-        ),
-        sessions,
-    )
-
     async def nobody(number: str) -> str | None:
         return None
 
-    calls = SipCalls(
-        service,
-        Router(nobody),
-        PortAllocator("127.0.0.1", 47000, 47999),
-        {Service.ECHO: EchoService()},
-    )
-    calls.attach()
-    offered: asyncio.Queue[InboundCall] = asyncio.Queue()
-    calls.on_call = offered.put_nowait
-    await service.start()
-    yield Gateway(service, calls, offered)
-    await calls.close()
-    await service.stop()
-    await engine.dispose()
+    async with acme_store(tmp_path / "voicegw.db", {"alice": PASSWORD}) as sessions:
+        service = loopback_sip_service(sessions, b"e2e-linphonec-nonce-secret", md5_only=False)
+        calls = SipCalls(
+            service,
+            Router(nobody),
+            PortAllocator("127.0.0.1", 47000, 47999),
+            {Service.ECHO: EchoService()},
+        )
+        calls.attach()
+        offered: asyncio.Queue[InboundCall] = asyncio.Queue()
+        calls.on_call = offered.put_nowait
+        await service.start()
+        yield Gateway(service, calls, offered)
+        await calls.close()
+        await service.stop()
 
 
 @pytest.fixture
@@ -237,9 +132,9 @@ async def test_linphonec_registers_with_sha256_calls_echo_hears_itself_and_hangs
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sent = chirps(6.0)
+    sent = tone_sequence(6.0, seed=11, taper=False)
     soundfile.write(tmp_path / "in.wav", sent, RATE, subtype="PCM_16")
-    phone = Linphonec(tmp_path / "home", proxy_port=gateway.port)
+    phone = echo_phone(tmp_path / "home", proxy_port=gateway.port)
     phones.append(phone)
     with caplog.at_level(logging.INFO, logger="voicegw.calls.sip"):
         await phone.start()
@@ -278,7 +173,7 @@ async def test_linphonec_registers_with_sha256_calls_echo_hears_itself_and_hangs
 async def test_gateway_calls_auto_answering_linphonec_and_hangs_up(
     gateway: Gateway, phones: list[Linphonec], tmp_path: Path
 ) -> None:
-    phone = Linphonec(tmp_path / "home", proxy_port=None, auto_answer=True)
+    phone = echo_phone(tmp_path / "home", proxy_port=None, auto_answer=True)
     phones.append(phone)
     await phone.start()
     await phone.command("soundcard use files")
