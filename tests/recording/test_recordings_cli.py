@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,28 +12,12 @@ import soundfile
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from tests.recording.conftest import record_notified_call
 from voicegw.cli import app
 from voicegw.config import load_settings
-from voicegw.consent import (
-    CallContext,
-    ConsentMachine,
-    ConsentPolicy,
-    DecisionMade,
-    PartyRole,
-    PromptFinished,
-    PromptStarted,
-    RecordingGate,
-    RecordingMode,
-    resolve_mode,
-)
-from voicegw.recording.keys import LocalKeyring
-from voicegw.recording.metadata import persist_consent_decision
-from voicegw.recording.recorder import Recorder, RecorderConfig
-from voicegw.recording.storage import LocalFilesystemStorage
-from voicegw.store import migrate, tenants
+from voicegw.recording.recorder import RecorderConfig
 from voicegw.store.db import create_engine, session_factory
 from voicegw.store.models import AuditEvent
-from voicegw.tenant_settings import TenantSettings
 
 CREATED = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 SAMPLES = 160
@@ -42,58 +25,23 @@ FRAMES = 50  # 32000 bytes of audio: 7 full 4096-byte chunks and the final one
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key in [k for k in os.environ if k.startswith("VOICEGW_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("VOICEGW_STORAGE__DATA_DIR", str(tmp_path / "var"))
-    return tmp_path / "var"
+def _data_dir(cli_data_dir: Path) -> Path:
+    return cli_data_dir
 
 
 async def record_call() -> tuple[np.ndarray, Path]:
-    """One finished recording through the real recorder, where the CLI looks."""
-    settings = load_settings(None)
-    engine = create_engine(settings.database_url)
-    try:
-        await migrate.upgrade(engine)
-        sessions = session_factory(engine)
-        resolution = resolve_mode(
-            ConsentPolicy(default_mode=RecordingMode.NOTIFY), CallContext("+6561234567")
-        )
-        caller = ConsentMachine("caller", PartyRole.CALLER, resolution, now=0.0)
-        caller.handle(PromptStarted(0.0))
-        (notice,) = [e for e in caller.handle(PromptFinished(0.0)) if isinstance(e, DecisionMade)]
-        async with sessions() as session, session.begin():
-            await tenants.create_tenant(
-                session, actor="test", tenant_id="acme", name="Acme", settings=TenantSettings()
-            )
-            consent = await persist_consent_decision(
-                session, actor="test", tenant_id="acme", call_id="c1", decision=notice.record
-            )
-        gate = RecordingGate()
-        gate.add_party(caller)
-        gate.add_party(ConsentMachine("agent", PartyRole.AGENT, resolution, now=0.0))
-        recorder = Recorder(
-            sessions=sessions,
-            storage=LocalFilesystemStorage(settings.recordings_root),
-            keys=LocalKeyring(settings.key_dir),
-            gate=gate,
-            tenant_id="acme",
-            call_id="c1",
-            region="sg",
-            recording_id="rec-1",
-            config=RecorderConfig(chunk_size=4096),
-            clock=lambda: CREATED,
-        )
-        key = await recorder.start(consent.id)
-        rng = np.random.default_rng(7)
-        stereo = rng.integers(-20000, 20000, size=(FRAMES * SAMPLES, 2), dtype=np.int16)
-        for n in range(FRAMES):
-            frame = stereo[n * SAMPLES : (n + 1) * SAMPLES]
-            recorder.feed(frame[:, 0].tobytes(), frame[:, 1].tobytes(), n * SAMPLES / 8000)
-        await recorder.finish()
-        return stereo, settings.recordings_root / key
-    finally:
-        await engine.dispose()
+    """One finished recording of random stereo audio, where the CLI looks."""
+    rng = np.random.default_rng(7)
+    stereo = rng.integers(-20000, 20000, size=(FRAMES * SAMPLES, 2), dtype=np.int16)
+    frames = [
+        (stereo[n * SAMPLES : (n + 1) * SAMPLES, 0].tobytes(),
+         stereo[n * SAMPLES : (n + 1) * SAMPLES, 1].tobytes())
+        for n in range(FRAMES)
+    ]  # fmt: skip
+    path = await record_notified_call(
+        recording_id="rec-1", created=CREATED, frames=frames, config=RecorderConfig(chunk_size=4096)
+    )
+    return stereo, path
 
 
 async def audit_actions() -> list[tuple[str, str, str]]:
