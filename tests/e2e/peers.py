@@ -34,6 +34,8 @@ DOMAIN = "voice.test"
 REALM = tenant_realm("acme", DOMAIN)
 EVENT_TIMEOUT = 10.0
 RATE = 8000
+#: Digest-nonce key of the in-process gateways these tests start.
+SECRET = b"e2e-nonce-secret-0123456789"
 
 
 def free_port_pair() -> int:
@@ -310,8 +312,7 @@ class Linphonec:
         self.timeout = timeout
         self.config.write_text(
             f"[sip]\nuse_ipv6=0\nbind_address=127.0.0.1\nsip_port={self.sip_port}\n"
-            f"sip_tcp_port=0\n{sip_config}[rtp]\nbind_address=127.0.0.1\n{rtp_config}"
-            + more_config
+            f"sip_tcp_port=0\n{sip_config}[rtp]\nbind_address=127.0.0.1\n{rtp_config}" + more_config
         )
         self.process: asyncio.subprocess.Process | None = None
         self.output: list[str] = []

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.e2e.peers import (
     EVENT_TIMEOUT,
     RATE,
+    REALM,
+    SECRET,
     Baresip,
+    Sessions,
     acme_store,
     aligned_correlation_signed,
     loopback_sip_service,
@@ -41,7 +43,7 @@ from voicegw.calls.sip_calls import (
     SipCalls,
     SipCallsConfig,
 )
-from voicegw.calls.sip_service import SipService, tenant_realm
+from voicegw.calls.sip_service import SipService
 from voicegw.media.ports import PortAllocator
 from voicegw.store.models import Call
 
@@ -50,11 +52,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 BOB_URI = f"sip:bob@{REALM}"
-SECRET = b"e2e-nonce-secret-0123456789"
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
 
 

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.e2e.peers import (
     EVENT_TIMEOUT,
     RATE,
+    REALM,
+    SECRET,
     Baresip,
+    Sessions,
     acme_store,
     aligned_correlation,
     loopback_sip_service,
@@ -42,7 +44,7 @@ from voicegw.calls.sip_calls import (
     SipCalls,
     SipCallsConfig,
 )
-from voicegw.calls.sip_service import SipService, tenant_realm
+from voicegw.calls.sip_service import SipService
 from voicegw.media.ports import PortAllocator
 from voicegw.media.session import DtmfReceived
 from voicegw.sip.sdp import Direction
@@ -54,11 +56,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 ECHO_URI = f"sip:echo@{REALM}"
-SECRET = b"e2e-nonce-secret-0123456789"
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
 
 

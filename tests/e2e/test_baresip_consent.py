@@ -28,9 +28,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.e2e.peers import EVENT_TIMEOUT, RATE, Baresip, loopback_sip_service, tone_sequence
+from tests.e2e.peers import (
+    DOMAIN,
+    EVENT_TIMEOUT,
+    RATE,
+    SECRET,
+    Baresip,
+    Sessions,
+    loopback_sip_service,
+    tone_sequence,
+)
 from voicegw.asr.pocketsphinx_local import PocketsphinxAsr
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.consent_flow import ConsentOutcome
@@ -72,14 +80,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
 Pcm = npt.NDArray[np.float32]
 TENANT = "acme"
-DOMAIN = "voice.test"
 REALM = tenant_realm(TENANT, DOMAIN)
 NUMBER = "+4930901820"
 NUMBER_URI = f"sip:{NUMBER}@{REALM}"
-SECRET = b"e2e-nonce-secret-0123456789"
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than any call here
 PROMPT = "Recording. Press 1 or 2."
 WPM = 230

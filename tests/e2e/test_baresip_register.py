@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.e2e.peers import Baresip, loopback_sip_service
-from voicegw.calls.sip_service import SipService, tenant_realm
+from tests.e2e.peers import REALM, SECRET, Baresip, Sessions, loopback_sip_service
+from voicegw.calls.sip_service import SipService
 from voicegw.sip.security import SecurityEvent
 from voicegw.store import sip_accounts, tenants
 from voicegw.tenant_settings import TenantSettings
@@ -27,11 +26,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed"),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 AOR = f"sip:alice@{REALM}"
-SECRET = b"e2e-nonce-secret-0123456789"
 EVENT_TIMEOUT = 15.0
 
 

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.e2e.peers import Linphonec
-from voicegw.calls.sip_service import SipService, SipServiceConfig, tenant_realm
+from tests.e2e.peers import DOMAIN, REALM, SECRET, Linphonec, Sessions
+from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import sip_accounts, tenants
 from voicegw.tenant_settings import TenantSettings
@@ -26,11 +25,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("linphonec") is None, reason="linphonec is not installed"),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 AOR = f"sip:alice@{REALM}"
-SECRET = b"e2e-nonce-secret-0123456789"
 TIMEOUT = 15.0
 
 

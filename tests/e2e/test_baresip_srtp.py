@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.e2e.peers import (
     RATE,
+    REALM,
     Baresip,
+    Sessions,
     acme_store,
     aligned_correlation,
     loopback_sip_service,
@@ -29,7 +30,6 @@ from tests.e2e.peers import (
 from voicegw.calls.echo import EchoService
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import EndReason, InboundCall, SipCalls, SipCallsConfig
-from voicegw.calls.sip_service import tenant_realm
 from voicegw.media.ports import PortAllocator
 from voicegw.media.srtp import SrtpContext
 
@@ -41,9 +41,6 @@ pytestmark = [
     ),
 ]
 
-Sessions = async_sessionmaker[AsyncSession]
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 ECHO_URI = f"sip:echo@{REALM}"
 TIMEOUT = 10.0
 INPUT_SECONDS = 30  # aufile hangs up at the end of its file: longer than the call

@@ -36,7 +36,7 @@ import pytest
 import soundfile
 
 from tests.conftest import free_port
-from tests.e2e.peers import Baresip, tone_sequence
+from tests.e2e.peers import DOMAIN, Baresip, tone_sequence
 from voicegw.recording.container import DEFAULT_CHUNK_SIZE, MAGIC, TAG_BYTES, recover
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import open_stored, wrapped_key_of
@@ -50,7 +50,6 @@ pytestmark = [
 ]
 
 TENANT = "acme"  # with DOMAIN, the realm peers.Baresip registers in
-DOMAIN = "voice.test"
 NUMBER = "+4930901820"
 PASSWORD = "alice-secret-0123"
 RATE = 8000

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import soundfile
 
+from tests.e2e.peers import DOMAIN
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 CHROMIUM = os.environ.get("VOICEGW_CHROMIUM", "/usr/bin/chromium")
@@ -85,7 +87,7 @@ if IN_CHILD:
     from voicegw.tenant_settings import TenantSettings
 
     NUMBER = "+442079460123"
-    DIAL = f"sip:{NUMBER}@{phones.DOMAIN}"
+    DIAL = f"sip:{NUMBER}@{DOMAIN}"
     TIMEOUT = 10.0
 
     @dataclass
@@ -141,7 +143,7 @@ if IN_CHILD:
         await web.TCPSite(runner, "127.0.0.1", http_port).start()
         service = SipService(
             SipServiceConfig(
-                domain=phones.DOMAIN,
+                domain=DOMAIN,
                 nonce_secret=phones.SECRET,
                 listen=ListenAddresses(udp=("127.0.0.1", 0)),
                 digest_algorithms=("MD5",),  # baresip 1.0 gives up on SHA-256 challenges

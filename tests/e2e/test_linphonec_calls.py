@@ -21,11 +21,18 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.e2e.peers import RATE, Linphonec, acme_store, loopback_sip_service, tone_sequence
+from tests.e2e.peers import (
+    RATE,
+    REALM,
+    Linphonec,
+    acme_store,
+    loopback_sip_service,
+    tone_sequence,
+)
 from voicegw.calls.echo import EchoService
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import InboundCall, OutboundCall, SipCalls
-from voicegw.calls.sip_service import SipService, tenant_realm
+from voicegw.calls.sip_service import SipService
 from voicegw.media.ports import PortAllocator
 from voicegw.sip.transaction import Destination
 from voicegw.sip.uri import parse_uri
@@ -35,8 +42,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("linphonec") is None, reason="linphonec is not installed"),
 ]
 
-DOMAIN = "voice.test"
-REALM = tenant_realm("acme", DOMAIN)
 AOR = f"sip:alice@{REALM}"
 PASSWORD = "pw-linphonec"
 TIMEOUT = 15.0
