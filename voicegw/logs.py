@@ -26,6 +26,9 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+_ALREADY_MASKED = re.compile(r"\+?\d{0,2}\*+\d{0,4}")
+
+
 def mask_number(number: str | None) -> str:
     """Mask a phone number for logs: ``+6591234567`` -> ``+65****4567``.
 
@@ -34,6 +37,10 @@ def mask_number(number: str | None) -> str:
     """
     if not number:
         return ""
+    if _ALREADY_MASKED.fullmatch(number):
+        # Masking is applied at several layers (call layer, then the log
+        # formatter's last-resort pass): a masked number must stay as it is.
+        return number
     digits = re.sub(r"\D", "", number)
     plus = "+" if number.strip().startswith("+") else ""
     if len(digits) <= 6:

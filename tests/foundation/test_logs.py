@@ -26,6 +26,12 @@ def test_mask_number(number: str | None, masked: str) -> None:
     assert mask_number(number) == masked
 
 
+@pytest.mark.parametrize("number", ["+6591234567", "6591234567", "12345", "+1 (415) 555-0123"])
+def test_masking_a_masked_number_changes_nothing(number: str) -> None:
+    once = mask_number(number)
+    assert mask_number(once) == once
+
+
 def _format(record: logging.LogRecord) -> dict[str, object]:
     return json.loads(JsonFormatter().format(record))  # type: ignore[no-any-return]
 
