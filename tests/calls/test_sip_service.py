@@ -21,7 +21,7 @@ from voicegw.calls.sip_service import (
 )
 from voicegw.sip.digest import AuthorizationHeader, DigestClient, TrunkCredentials
 from voicegw.sip.message import SipRequest, SipResponse, make_response, new_branch, parse_message
-from voicegw.sip.security import BanList
+from voicegw.sip.security import BanList, RateLimiter
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import sip_accounts, tenants
 from voicegw.tenant_settings import TenantSettings
@@ -150,11 +150,13 @@ class World:
         return Ua(self.client, self.server, user, **kwargs)  # type: ignore[arg-type]
 
 
-async def start_service(sessions: Sessions, bans: BanList | None = None) -> SipService:
-    config = SipServiceConfig(
-        domain=DOMAIN, nonce_secret=SECRET, listen=ListenAddresses(udp=("127.0.0.1", 0))
+async def start_service(
+    sessions: Sessions, bans: BanList | None = None, **config: int
+) -> SipService:
+    settings = SipServiceConfig(
+        domain=DOMAIN, nonce_secret=SECRET, listen=ListenAddresses(udp=("127.0.0.1", 0)), **config
     )
-    service = SipService(config, sessions, bans=bans)
+    service = SipService(settings, sessions, bans=bans)
     await service.start()
     return service
 
@@ -293,6 +295,27 @@ async def test_repeated_wrong_passwords_ban_the_source_and_log_it_masked(
     assert await world.client.silence(ua.request("OPTIONS", f"sip:{DOMAIN}"), world.server)
 
 
+async def test_a_source_over_its_rate_is_logged_once_as_a_masked_security_event(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.service.screen.rate = RateLimiter(rate=0.1, burst=2.0)
+    ua = world.ua("stranger")
+    with caplog.at_level(logging.WARNING, logger="voicegw.calls.sip"):
+        for _ in range(2):
+            assert (
+                await world.client.send(ua.request("OPTIONS", f"sip:{DOMAIN}"), world.server)
+            ).status == 200
+        for _ in range(5):
+            assert await world.client.silence(
+                ua.request("OPTIONS", f"sip:{DOMAIN}"), world.server, 0.05
+            )
+    throttled = [r for r in caplog.records if r.getMessage() == "sip.security.rate_limited"]
+    assert [
+        (r.__dict__["source"], r.__dict__["transport"], r.__dict__["dropped"]) for r in throttled
+    ] == [("127.0.0.x", "UDP", 1)]
+    assert world.service.screen.counters.dropped_by_transport == {"UDP": 5}
+
+
 async def test_a_missing_challenge_answer_is_not_a_failure(world: World) -> None:
     ua = world.ua()
     for _ in range(5):
@@ -358,3 +381,212 @@ async def test_realm_comes_from_the_request_text_and_falls_back_to_the_domain(
 def test_logged_addresses_are_masked() -> None:
     assert mask_host("203.0.113.77") == "203.0.113.x"
     assert mask_host("2001:db8:1:2::5") == "2001:db8:1::/48"
+
+
+# --- overload: pending slots shared per source, and no lookup where none is needed ---------
+
+
+async def udp_client_at(host: str) -> tuple[asyncio.DatagramTransport, UdpClient]:
+    loop = asyncio.get_running_loop()
+    return await loop.create_datagram_endpoint(UdpClient, local_addr=(host, 0))
+
+
+async def until(condition: Callable[[], bool], seconds: float = REPLY_TIMEOUT) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+class HeldInvites:
+    """A slow call layer: each authenticated INVITE waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.held: list[AuthenticatedRequest] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, service: SipService, invite: AuthenticatedRequest) -> None:
+        self.held.append(invite)
+        await self.release.wait()
+        service.respond(invite.transaction, make_response(invite.request, 480))
+
+
+class Caller:
+    """Authenticated INVITEs from one UA, all answering one challenge (rising nc)."""
+
+    def __init__(self, ua: Ua, challenge: SipResponse) -> None:
+        self.ua = ua
+        credentials = TrunkCredentials(ua.user, "pw", ua.domain, "127.0.0.1")
+        self.digest = DigestClient(credentials)
+        self.challenges = challenge.headers.get_all("WWW-Authenticate")
+        self.count = 0
+
+    @classmethod
+    async def challenged(cls, ua: Ua) -> Caller:
+        # A REGISTER's 401 carries a nonce for this source; its answer is never retransmitted.
+        challenge = await ua.client.send(ua.register(), ua.server)
+        assert challenge.status == 401
+        return cls(ua, challenge)
+
+    def invite(self) -> bytes:
+        self.count += 1
+        self.ua.call_id = f"held-{self.count}-{self.ua.client.port}@ua"
+        header = self.digest.respond(
+            401, self.challenges, method="INVITE", uri=INVITE_URI, target_host="127.0.0.1"
+        )
+        assert isinstance(header, AuthorizationHeader)
+        text = self.ua.invite(f"{header.name}: {header.value}")
+        return text.replace("\n", "\r\n").encode()
+
+    def send(self, data: bytes) -> None:
+        assert self.ua.client.transport is not None
+        self.ua.client.transport.sendto(data, self.ua.server)
+
+
+async def next_status(client: UdpClient, status: int) -> SipResponse:
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        while (response := await client.responses.get()).status != status:
+            pass
+    return response
+
+
+async def test_a_busy_source_cannot_take_the_pending_slots_another_source_needs(
+    sessions: Sessions,
+) -> None:
+    await seed(sessions)
+    service = await start_service(sessions, max_pending=6, max_pending_per_source=3)
+    slow = HeldInvites()
+    service.on_invite = slow
+    assert service.transports.bound.udp is not None
+    server = service.transports.bound.udp
+    transport_a, client_a = await udp_client_at("127.0.0.1")
+    transport_b, client_b = await udp_client_at("127.0.0.2")
+    try:
+        a = await Caller.challenged(Ua(client_a, server))
+        first = a.invite()
+        for data in (first, a.invite(), a.invite()):
+            a.send(data)
+        await until(lambda: len(slow.held) == 3)
+        a.send(a.invite())  # over its share: refused at once, nothing looked up
+        refused = await next_status(client_a, 503)
+        assert refused.headers.get("Retry-After") == "5"
+        # Retransmissions belong to their transaction: they take no slot and get no 503.
+        for _ in range(3):
+            a.send(first)
+        await asyncio.sleep(0.3)
+        assert service.pending.held_by("127.0.0.1") == 3 and service.pending.refused == 1
+
+        # Another source still gets through, though the global cap (6) is not yet reached
+        # only because 127.0.0.1 was held to its share.
+        b = await Caller.challenged(Ua(client_b, server, user="bob"))
+        b.send(b.invite())
+        await until(lambda: len(slow.held) == 4)
+        assert [invite.username for invite in slow.held] == ["alice"] * 3 + ["bob"]
+        assert (len(service.pending), service.pending.sources) == (4, 2)
+
+        slow.release.set()
+        await next_status(client_b, 480)
+        await until(lambda: len(service.pending) == 0 and service.pending.sources == 0)
+    finally:
+        transport_a.close()
+        transport_b.close()
+        await service.stop()
+
+
+async def test_a_source_that_proved_itself_gets_a_reserved_slot_when_the_others_are_full(
+    sessions: Sessions,
+) -> None:
+    await seed(sessions)
+    service = await start_service(
+        sessions, max_pending=4, max_pending_per_source=2, pending_reserve=2
+    )
+    slow = HeldInvites()
+    service.on_invite = slow
+    assert service.transports.bound.udp is not None
+    server = service.transports.bound.udp
+    endpoints = [await udp_client_at(f"127.0.0.{i}") for i in (1, 2, 3, 4)]
+    phone, busy_a, busy_b, stranger = (Ua(client, server) for _, client in endpoints)
+    try:
+        assert (await phone.register_with("pw")).status == 200  # 127.0.0.1 proves itself
+        # Two other sources take all four shared slots (the most each may hold).
+        for ua in (busy_a, busy_b):
+            caller = await Caller.challenged(ua)
+            caller.send(caller.invite())
+            caller.send(caller.invite())
+        await until(lambda: len(slow.held) == 4)
+        # A source that never proved itself finds no slot for its credential lookup ...
+        assert (await stranger.register_with("pw")).status == 503
+        # ... the phone that registered still places its call, from the reserve.
+        caller = await Caller.challenged(phone)
+        caller.send(caller.invite())
+        await until(lambda: len(slow.held) == 5)
+        assert service.pending.held_by("127.0.0.1") == 1 and len(service.pending) == 5
+        slow.release.set()
+        await until(lambda: len(service.pending) == 0)
+    finally:
+        for transport, _ in endpoints:
+            transport.close()
+        await service.stop()
+
+
+class CountingSessions:
+    """The real session factory, counting the sessions the service opens."""
+
+    def __init__(self, inner: Sessions) -> None:
+        self.inner = inner
+        self.opened = 0
+
+    def __call__(self) -> AsyncSession:
+        self.opened += 1
+        return self.inner()
+
+    def begin(self) -> object:
+        self.opened += 1
+        return self.inner.begin()
+
+
+FORGED = (
+    'Authorization: Digest username="alice", realm="acme.voice.test", nonce="00", '
+    'uri="sip:acme.voice.test", response="00000000000000000000000000000000", qop=auth, '
+    'nc=00000001, cnonce="c0ffee", algorithm=MD5'
+)
+
+
+async def test_requests_refused_on_their_text_alone_never_reach_the_database(
+    sessions: Sessions,
+) -> None:
+    await seed(sessions)
+    counting = CountingSessions(sessions)
+    service = await start_service(cast(Sessions, counting))
+    assert service.transports.bound.udp is not None
+    server = service.transports.bound.udp
+    transport, client = await udp_client_at("127.0.0.1")
+    # The INVITE's 401 is retransmitted until an ACK: it gets a client of its own.
+    invite_transport, invite_client = await udp_client_at("127.0.0.1")
+    try:
+        ua = Ua(client, server)
+        refused_on_sight = [
+            (client, ua.register()),  # no credentials
+            (client, ua.request("BYE", f"sip:bob@{REALM}")),
+            (client, ua.register(auth=FORGED)),  # a nonce we never issued
+            (client, ua.register(auth="Authorization: Digest username=alice")),  # malformed
+            # No call layer attached, so nobody takes unauthenticated calls.
+            (invite_client, Ua(invite_client, server).invite()),
+        ]
+        for sender, text in refused_on_sight:
+            response = await sender.send(text, server)
+            assert response.status == 401
+            assert len(response.headers.get_all("WWW-Authenticate")) == 2
+        assert counting.opened == 0
+        assert len(service.pending) == 0 and service.pending.refused == 0
+
+        # An answer to a real challenge costs the one lookup, known user or not.
+        assert (await ua.register_with("wrong")).status == 401
+        assert counting.opened == 1
+        assert (await ua.register_with("pw", auth_user="nobody")).status == 401
+        assert counting.opened == 2
+    finally:
+        transport.close()
+        invite_transport.close()
+        await service.stop()

@@ -12,7 +12,15 @@ from voicegw.sip.digest import (
     TrunkCredentials,
     ha1,
 )
-from voicegw.sip.security import BanList, BanReason, RateLimiter, SecurityEvent, source_key
+from voicegw.sip.security import (
+    BanList,
+    BanReason,
+    PendingShares,
+    ProvenSources,
+    RateLimiter,
+    SecurityEvent,
+    source_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -201,3 +209,75 @@ def test_password_guessing_from_one_source_is_banned_but_forged_nonces_count_for
     assert events[:2] == [None, None]
     assert events[2] == SecurityEvent(source, BanReason.AUTH_FAILURES, 922.0, 3)
     assert bans.should_drop(source, now=30.0)
+
+
+# --- pending-request slots ---------------------------------------------------------
+
+
+def test_one_source_cannot_take_more_than_its_share_of_pending_slots() -> None:
+    shares = PendingShares(capacity=10, per_source=3)
+    assert [shares.acquire("192.0.2.1") for _ in range(5)] == [True] * 3 + [False] * 2
+    # The slots it could not take are still there for everybody else.
+    assert [shares.acquire("192.0.2.2") for _ in range(3)] == [True] * 3
+    assert (len(shares), shares.sources, shares.refused) == (6, 2, 2)
+
+
+def test_pending_slots_are_capped_in_total_whatever_the_number_of_sources() -> None:
+    shares = PendingShares(capacity=4, per_source=2)
+    taken = [shares.acquire(f"198.51.100.{i}") for i in range(10)]
+    assert taken == [True] * 4 + [False] * 6
+    assert len(shares) == 4 and shares.sources == 4
+
+
+def test_a_released_slot_can_be_taken_again_and_idle_sources_are_forgotten() -> None:
+    shares = PendingShares(capacity=4, per_source=1)
+    assert shares.acquire("192.0.2.1")
+    assert not shares.acquire("192.0.2.1")
+    shares.release("192.0.2.1")
+    assert shares.sources == 0 and len(shares) == 0
+    assert shares.acquire("192.0.2.1")
+    with pytest.raises(ValueError, match="without a matching acquire"):
+        shares.release("192.0.2.9")
+
+
+def test_an_ipv6_host_shares_its_slots_with_its_whole_64() -> None:
+    shares = PendingShares(capacity=10, per_source=2)
+    taken = [shares.acquire(f"2001:db8:0:1::{i:x}") for i in range(1, 5)]
+    assert taken == [True, True, False, False]
+    assert shares.held_by("2001:db8:0:1::ffff") == 2
+
+
+def test_the_reserve_is_only_for_trusted_sources_once_the_shared_slots_are_gone() -> None:
+    shares = PendingShares(capacity=4, per_source=2, reserve=2)
+    assert all(shares.acquire(f"198.51.100.{i // 2}") for i in range(4))  # a flood fills them
+    assert not shares.acquire("198.51.100.9")
+    assert shares.acquire("192.0.2.1", trusted=True)
+    assert shares.acquire("192.0.2.1", trusted=True)
+    assert not shares.acquire("192.0.2.1", trusted=True)  # its share still applies
+    assert shares.acquire("192.0.2.2", trusted=False) is False
+    assert len(shares) == 6 and shares.refused == 3
+
+
+@pytest.mark.parametrize(
+    ("capacity", "per_source", "reserve"), [(0, 1, 0), (4, 0, 0), (4, 5, 0), (4, 2, -1)]
+)
+def test_pending_shares_refuse_impossible_limits(
+    capacity: int, per_source: int, reserve: int
+) -> None:
+    with pytest.raises(ValueError, match="need capacity"):
+        PendingShares(capacity, per_source, reserve)
+
+
+def test_a_proven_source_stays_proven_for_its_ttl_and_the_table_is_bounded() -> None:
+    proven = ProvenSources(ttl=60.0, max_sources=3)
+    proven.record("192.0.2.1", now=0.0)
+    assert proven.is_proven("192.0.2.1", now=60.0)
+    assert not proven.is_proven("192.0.2.1", now=60.5)
+    assert not proven.is_proven("192.0.2.2", now=0.0)
+    proven.record("2001:db8:0:1::1", now=0.0)
+    assert proven.is_proven("2001:db8:0:1::2", now=1.0)  # its /64
+    for i in range(10):
+        proven.record(f"198.51.100.{i}", now=float(i))
+    assert len(proven) == 3
+    assert not proven.is_proven("2001:db8:0:1::1", now=10.0)
+    assert proven.is_proven("198.51.100.9", now=10.0)

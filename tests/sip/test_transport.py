@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from voicegw.sip.edge import InboundScreen, stamp_via
+from voicegw.sip.edge import InboundScreen, SourceThrottled, stamp_via
 from voicegw.sip.message import SipMessage, SipRequest, parse_message
 from voicegw.sip.security import BanList, RateLimiter
 from voicegw.sip.transaction import Destination
-from voicegw.sip.transport import ListenAddresses, SipTransports
+from voicegw.sip.transport import STREAM_IDLE_TIMEOUT, ListenAddresses, SipTransports
 
 OPTIONS = (
     "OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\n"
@@ -31,12 +33,24 @@ def options(n: int, transport: str = "UDP") -> bytes:
 
 
 class Node:
-    def __init__(self, rate: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        rate: RateLimiter | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        idle_timeout: float = STREAM_IDLE_TIMEOUT,
+    ) -> None:
         self.bans = BanList(max_failures=3, window=60, ban_for=600)
         limiter = RateLimiter(rate=1000, burst=1000) if rate is None else rate
-        self.screen = InboundScreen(self.bans, limiter)
+        self.throttled: list[SourceThrottled] = []
+        self.screen = InboundScreen(self.bans, limiter, on_throttled=self.throttled.append)
         self.received: asyncio.Queue[tuple[SipMessage, Destination]] = asyncio.Queue()
-        self.transports = SipTransports(self.screen, lambda m, s: self.received.put_nowait((m, s)))
+        self.transports = SipTransports(
+            self.screen,
+            lambda m, s: self.received.put_nowait((m, s)),
+            clock=clock,
+            idle_timeout=idle_timeout,
+        )
 
 
 @pytest.fixture
@@ -63,6 +77,14 @@ def _close_clients() -> object:
     yield
     while _clients:
         _clients.pop().close()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
 
 
 async def recv(sock: socket.socket) -> bytes:
@@ -135,7 +157,87 @@ async def test_rate_limit_drops_the_excess_from_one_source() -> None:
     await asyncio.sleep(0.3)
     assert n.received.qsize() == 5
     assert n.screen.counters.dropped["rate_limited"] == 15
+    assert n.screen.counters.dropped_by_transport == {"UDP": 15}
+    assert n.throttled == [SourceThrottled("127.0.0.1", "UDP", 1)]
     client.close()
+    await n.transports.close()
+
+
+async def test_tcp_rate_limit_drops_are_counted_and_reported_like_udp_drops() -> None:
+    n = Node(rate=RateLimiter(rate=1, burst=5))
+    await n.transports.start(ListenAddresses(tcp=("127.0.0.1", 0)))
+    assert n.transports.bound.tcp is not None
+    _, writer = await asyncio.open_connection(*n.transports.bound.tcp)
+    # The connection takes one token, as a datagram would; four messages get through.
+    writer.write(b"".join(options(200 + i, "TCP") for i in range(20)))
+    await writer.drain()
+    await until(lambda: n.screen.counters.received == 20)
+    await asyncio.sleep(0.1)
+    counters = n.screen.counters
+    assert n.received.qsize() == 4
+    assert (counters.connections, counters.received) == (1, 20)
+    assert counters.dropped["rate_limited"] == 16
+    assert counters.dropped_by_transport == {"TCP": 16}
+    assert n.throttled == [SourceThrottled("127.0.0.1", "TCP", 1)]
+    writer.close()
+    await n.transports.close()
+
+
+async def test_a_source_banned_while_connected_is_cut_off_and_counted(node: Node) -> None:
+    assert node.transports.bound.tcp is not None
+    reader, writer = await asyncio.open_connection(*node.transports.bound.tcp)
+    writer.write(options(300, "TCP"))
+    async with asyncio.timeout(2):
+        await node.received.get()
+    node.bans.ban("127.0.0.1", node.transports.clock(), 600)
+    writer.write(options(301, "TCP"))
+    async with asyncio.timeout(2):
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b""
+    assert node.received.empty()
+    assert node.screen.counters.dropped["banned"] == 1
+    assert node.screen.counters.dropped_by_transport == {"TCP": 1}
+    writer.close()
+
+
+async def test_idle_stream_connections_are_swept_and_busy_ones_kept() -> None:
+    n = Node(idle_timeout=0.6)
+    await n.transports.start(ListenAddresses(tcp=("127.0.0.1", 0)))
+    assert n.transports.bound.tcp is not None
+    idle_reader, idle_writer = await asyncio.open_connection(*n.transports.bound.tcp)
+    busy_reader, busy_writer = await asyncio.open_connection(*n.transports.bound.tcp)
+    await until(lambda: n.transports.stream_count == 2)
+    async with asyncio.timeout(5):
+        # RFC 5626 keep-alives every 0.2 s keep one connection busy for three timeouts.
+        for _ in range(9):
+            busy_writer.write(b"\r\n\r\n")
+            assert await busy_reader.readexactly(2) == b"\r\n"
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(ConnectionResetError):
+            assert await idle_reader.read() == b""
+    assert n.transports.stream_count == 1
+    busy_writer.write(options(400, "TCP"))
+    async with asyncio.timeout(2):
+        message, _ = await n.received.get()
+    assert message.call_id == "probe-400@example.com"
+    idle_writer.close()
+    busy_writer.close()
+    await n.transports.close()
+
+
+async def test_the_idle_timeout_is_measured_on_the_transports_clock() -> None:
+    now = [1000.0]
+    n = Node(clock=lambda: now[0])
+    await n.transports.start(ListenAddresses(tcp=("127.0.0.1", 0)))
+    assert n.transports.bound.tcp is not None
+    _, writer = await asyncio.open_connection(*n.transports.bound.tcp)
+    await until(lambda: n.transports.stream_count == 1)
+    now[0] += STREAM_IDLE_TIMEOUT - 1
+    assert n.transports.close_idle() == 0
+    now[0] += 2
+    assert n.transports.close_idle() == 1
+    assert n.transports.stream_count == 0
+    writer.close()
     await n.transports.close()
 
 

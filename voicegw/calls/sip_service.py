@@ -30,11 +30,24 @@ The tenant a request acts for is the tenant of the credential that verified,
 never anything the request claims. An unknown user and a wrong password go
 through the same lookup and :meth:`DigestAuthenticator.verify` path and get
 byte-identical 401s.
+
+Overload (a flood that passed the edge's rate limits): a request whose answer
+follows from its text and our nonce alone (no credentials, malformed ones, a
+nonce we did not issue to that address) is challenged at once, without a task
+or a lookup. Only a request that needs a lookup or the call layer takes a slot
+of :class:`~voicegw.sip.security.PendingShares`: at most
+``max_pending_per_source`` per source, ``max_pending`` in all, plus a reserve
+for sources that authenticated recently (registered phones, trunks). Beyond
+that, 503 with Retry-After. The lookups themselves pass a
+:class:`~voicegw.calls.fair_gate.FairGate`: a few at a time, trusted sources
+first, the rest source by source. Retransmissions are absorbed by the transaction
+layer and never take a second slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -47,6 +60,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.calls.fair_gate import FairGate
 from voicegw.calls.trunks import TrunkTable
 from voicegw.sip.digest import (
     Accepted,
@@ -55,7 +69,7 @@ from voicegw.sip.digest import (
     Rejection,
     parse_credentials,
 )
-from voicegw.sip.edge import InboundScreen
+from voicegw.sip.edge import InboundScreen, SourceThrottled
 from voicegw.sip.message import SipMessage, SipRequest, SipResponse, make_response
 from voicegw.sip.registrar import (
     DEFAULT_POLICY,
@@ -63,7 +77,14 @@ from voicegw.sip.registrar import (
     address_of_record,
     process_register,
 )
-from voicegw.sip.security import BanList, RateLimiter, SecurityEvent, source_key
+from voicegw.sip.security import (
+    BanList,
+    PendingShares,
+    ProvenSources,
+    RateLimiter,
+    SecurityEvent,
+    source_key,
+)
 from voicegw.sip.transaction import Destination
 from voicegw.sip.transaction_layer import (
     CancelReceived,
@@ -108,8 +129,20 @@ class SipServiceConfig:
     #: fleets of those need ("MD5",). Operator-wide, so a challenge never
     #: depends on who asks.
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
-    #: Requests being authenticated or handled at once; beyond it, 503.
+    #: Requests being authenticated or handled at once (those that need a lookup); beyond it, 503.
     max_pending: int = 256
+    #: The most of those one source may hold, so a few flooding sources cannot take every
+    #: slot from the others (a registered phone placing a call). Retransmissions are absorbed
+    #: by the transaction layer and never take a second slot.
+    max_pending_per_source: int = 16
+    #: Slots beyond ``max_pending`` that only sources whose credentials verified within
+    #: ``proven_for`` seconds (or allow-listed trunks) may take: a flood from many sources
+    #: can fill the shared slots, not these.
+    pending_reserve: int = 64
+    proven_for: float = 3600.0
+    #: Lookups (credentials, the call layer's routing of unauthenticated INVITEs) run at
+    #: once; the rest wait their turn, trusted sources first, then source by source.
+    lookup_concurrency: int = 8
     retry_after: int = 5
 
 
@@ -243,13 +276,23 @@ class SipService:
         self.dialogs: DialogRequests | None = None
         #: Told of every ban (metrics, alerting); it runs on the event loop: keep it quick.
         self.on_security_event = on_security_event
-        self.screen = InboundScreen(self.bans, rate or RateLimiter(rate=50.0, burst=100.0))
+        self.screen = InboundScreen(
+            self.bans,
+            rate or RateLimiter(rate=50.0, burst=100.0),
+            on_throttled=_log_throttled,
+        )
         self.transports = SipTransports(
             self.screen, self._on_message, tls_context, client_tls_context=client_tls_context
         )
         self.security_events: deque[SecurityEvent] = deque(maxlen=100)  # the latest bans
         self._authenticators: OrderedDict[str, DigestAuthenticator] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Who holds the slots of requests being worked on (see ``max_pending_per_source``).
+        self.pending = PendingShares(
+            config.max_pending, config.max_pending_per_source, config.pending_reserve
+        )
+        self.proven = ProvenSources(config.proven_for)
+        self.gate = FairGate(config.lookup_concurrency)
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -385,22 +428,45 @@ class SipService:
             self._answer(tid, make_response(request, 405, headers=(("Allow", ALLOW),)))
         elif rule is Rule.NOT_IMPLEMENTED:
             self._answer(tid, make_response(request, 501))
-        elif len(self._tasks) >= self.config.max_pending:
+        elif (rejection := self._rejected_without_lookup(rule, request, source)) is not None:
+            # Decided from the request text and our nonce alone: no task, no database, so a
+            # flood of credential-less or forged requests costs a hash each, not a slot.
+            self._answer(tid, _challenge(request, rejection))
+        elif not self.pending.acquire(source.host, trusted=self._trusted(source)):
             retry = (("Retry-After", str(self.config.retry_after)),)
             self._answer(tid, make_response(request, 503, headers=retry))
         else:
-            self._spawn(self._authenticated(rule, tid, request, source), tid, request)
+            self._spawn(self._authenticated(rule, tid, request, source), tid, request, source)
+
+    def _turn(self, source: Destination) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.gate.turn(source.host, trusted=self._trusted(source))
+
+    def _trusted(self, source: Destination) -> bool:
+        return (
+            self.proven.is_proven(source.host, self._mono())
+            or self.trunks.by_source(source.host) is not None
+        )
 
     def _answer(self, tid: TransactionId, response: SipResponse) -> None:
         # Called while pumping: the outer _pump collects what this queues.
         self.layer.send_response(tid, response, self._mono())
 
     def _spawn(
-        self, work: Coroutine[Any, Any, None], tid: TransactionId, request: SipRequest
+        self,
+        work: Coroutine[Any, Any, None],
+        tid: TransactionId,
+        request: SipRequest,
+        source: Destination,
     ) -> None:
+        # The caller took a slot in ``pending`` for ``source``; the task gives it back.
         task = asyncio.create_task(self._guarded(work, tid, request))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self.pending.release(source.host)
+
+        task.add_done_callback(done)
 
     async def _guarded(
         self, work: Coroutine[Any, Any, None], tid: TransactionId, request: SipRequest
@@ -434,13 +500,14 @@ class SipService:
             rule is Rule.AUTH_INVITE
             and self.dialogs is not None
             and not request.headers.get_all("Authorization")
-            and await self.dialogs.open_invite(tid, request, source)
         ):
-            return
+            async with self._turn(source):
+                taken = await self.dialogs.open_invite(tid, request, source)
+            if taken:
+                return
         who = await self._authenticate(tid, request, source)
         if isinstance(who, Rejection):
-            challenges = tuple(("WWW-Authenticate", value) for value in who.challenges)
-            self.respond(tid, make_response(request, 401, headers=challenges))
+            self.respond(tid, _challenge(request, who))
             return
         if rule is Rule.AUTH_REGISTER:
             await self._register(who)
@@ -465,18 +532,60 @@ class SipService:
             self._authenticators.move_to_end(realm)
         return found
 
+    def _rejected_without_lookup(
+        self, rule: Rule, request: SipRequest, source: Destination
+    ) -> Rejection | None:
+        """The 401 for ``request`` when it needs no lookup to decide; None when it does.
+
+        :meth:`DigestAuthenticator.verify` checks everything that does not depend on the
+        user (credentials for our realm at all, their form, our nonce for this source)
+        before it asks for the user's HA1. A rejection reached before that question says
+        nothing about which users exist, so it may come at once, while a request that
+        gets as far as the question pays for the lookup whether the user exists or not.
+        """
+        if (
+            rule is Rule.AUTH_INVITE
+            and not request.headers.get_all("Authorization")
+            and (self.trunks.by_source(source.host) is not None or self.dialogs is not None)
+        ):
+            return None  # a trunk's call, or the call layer may take it unauthenticated
+
+        def needs_lookup(user: str, algorithm_name: str) -> str | None:
+            raise _LookupNeeded
+
+        try:
+            verdict = self._verify(request, source, needs_lookup)
+        except _LookupNeeded:
+            return None
+        assert isinstance(verdict, Rejection)  # nothing verifies without a stored HA1
+        if verdict.counts_as_failure:
+            self._record_failure(source)
+        return verdict
+
+    def _verify(
+        self,
+        request: SipRequest,
+        source: Destination,
+        lookup: Callable[[str, str], str | None],
+    ) -> Accepted | Rejection:
+        return self._authenticator(self.realm_for(request)).verify(
+            request.headers.get_all("Authorization"),
+            method=request.method,
+            now=self.wall_clock(),
+            lookup=lookup,
+            client_key=source_key(source.host),
+        )
+
     async def _authenticate(
         self, tid: TransactionId, request: SipRequest, source: Destination
     ) -> AuthenticatedRequest | Rejection:
         realm = self.realm_for(request)
-        authenticator = self._authenticator(realm)
-        client_key = source_key(source.host)
         values = request.headers.get_all("Authorization")
         username = _username_for(values, realm)
         # Known or not, every claimed username costs the same lookup and verify.
         record = None
         if username is not None:
-            async with self.sessions() as session:
+            async with self._turn(source), self.sessions() as session:
                 record = await sip_accounts.find_credential(session, realm, username)
 
         def lookup(user: str, algorithm_name: str) -> str | None:
@@ -484,15 +593,10 @@ class SipService:
                 return None
             return record.ha1_for(algorithm_name)
 
-        verdict = authenticator.verify(
-            values,
-            method=request.method,
-            now=self.wall_clock(),
-            lookup=lookup,
-            client_key=client_key,
-        )
+        verdict = self._verify(request, source, lookup)
         if isinstance(verdict, Accepted) and record is not None:
             self.bans.record_success(source.host)
+            self.proven.record(source.host, self._mono())
             trunk = self.trunks.by_credential(record.tenant_id, record.username)
             return AuthenticatedRequest(
                 tid,
@@ -558,6 +662,27 @@ class SipService:
             },
         )
         self.respond(who.transaction, result.response)
+
+
+def _log_throttled(event: SourceThrottled) -> None:
+    # At most once per source per report interval (the screen tallies between reports).
+    log.warning(
+        "sip.security.rate_limited",
+        extra={
+            "source": mask_host(event.source),
+            "transport": event.transport,
+            "dropped": event.dropped,
+        },
+    )
+
+
+class _LookupNeeded(Exception):
+    """Raised by the probe lookup of :meth:`SipService._rejected_without_lookup`."""
+
+
+def _challenge(request: SipRequest, rejection: Rejection) -> SipResponse:
+    challenges = tuple(("WWW-Authenticate", value) for value in rejection.challenges)
+    return make_response(request, 401, headers=challenges)
 
 
 def _username_for(values: list[str], realm: str) -> str | None:

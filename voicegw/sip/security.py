@@ -232,3 +232,108 @@ class BanList:
             del self._bans[min(self._bans, key=self._bans.__getitem__)]
         self._bans[key] = max(until, self._bans.get(key, until))
         return SecurityEvent(source=key, reason=reason, until=self._bans[key], failures=failures)
+
+
+class PendingShares:
+    """Slots for requests the node is working on (credential lookups, routing), shared fairly.
+
+    A request that passed the edge but needs slow work (a database lookup)
+    holds one slot until it is answered. ``capacity`` caps the total; no
+    source (:func:`source_key`) may hold more than ``per_source`` of them,
+    so a few busy sources cannot take every slot and starve the others the
+    way a single global cap lets them (Kamailio's pike does the same per
+    address). A flood from more sources than ``capacity / per_source`` can
+    still fill the shared slots: ``reserve`` more are kept for trusted
+    sources (those that proved who they are, see :class:`ProvenSources`), so
+    registered phones keep placing calls. Memory: one counter per source that
+    holds a slot right now.
+    """
+
+    def __init__(self, capacity: int, per_source: int, reserve: int = 0) -> None:
+        if capacity < 1 or not 1 <= per_source <= capacity or reserve < 0:
+            raise ValueError("need capacity >= 1, 1 <= per_source <= capacity, reserve >= 0")
+        self.capacity = capacity
+        self.per_source = per_source
+        self.reserve = reserve
+        self.refused = 0  # acquisitions refused, for metrics
+        self.peak = 0  # the most slots held at once, for metrics
+        self._held: dict[str, int] = {}
+        self._total = 0
+
+    def __len__(self) -> int:
+        """Slots held now."""
+        return self._total
+
+    @property
+    def sources(self) -> int:
+        """Sources holding at least one slot (bounded by ``capacity``)."""
+        return len(self._held)
+
+    def held_by(self, host: str) -> int:
+        return self._held.get(source_key(host), 0)
+
+    def acquire(self, host: str, trusted: bool = False) -> bool:
+        """Take a slot for ``host``; False (answer 503) when its share or the total is used up.
+
+        A ``trusted`` host may also take the reserve once the shared slots are gone.
+        """
+        key = source_key(host)
+        held = self._held.get(key, 0)
+        limit = self.capacity + (self.reserve if trusted else 0)
+        if held >= self.per_source or self._total >= limit:
+            self.refused += 1
+            return False
+        self._held[key] = held + 1
+        self._total += 1
+        self.peak = max(self.peak, self._total)
+        return True
+
+    def release(self, host: str) -> None:
+        """Give back a slot taken by :meth:`acquire` for ``host``."""
+        key = source_key(host)
+        held = self._held.get(key, 0)
+        if held <= 0:
+            raise ValueError("release without a matching acquire")
+        if held == 1:
+            del self._held[key]
+        else:
+            self._held[key] = held - 1
+        self._total -= 1
+
+
+class ProvenSources:
+    """Sources whose credentials verified recently: the ones worth a reserved slot.
+
+    Over UDP a source address can be forged, so this grants nothing but a share of
+    :attr:`PendingShares.reserve` (still at most ``per_source`` slots): a forger
+    using a proven address cannot get further than its own challenge. Bounded
+    like the others: the least recently proven source is forgotten first.
+    """
+
+    def __init__(self, ttl: float = 3600.0, max_sources: int = 10_000) -> None:
+        if ttl <= 0 or max_sources < 1:
+            raise ValueError("ttl must be > 0 and max_sources >= 1")
+        self.ttl = ttl
+        self.max_sources = max_sources
+        self._proven: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._proven)
+
+    def record(self, host: str, now: float) -> None:
+        """``host`` just authenticated (monotonic ``now``)."""
+        key = source_key(host)
+        self._proven.pop(key, None)
+        if len(self._proven) >= self.max_sources:
+            self._proven.popitem(last=False)
+        self._proven[key] = now
+
+    def is_proven(self, host: str, now: float) -> bool:
+        key = source_key(host)
+        at = self._proven.get(key)
+        if at is None:
+            return False
+        if now - at <= self.ttl:
+            return True
+        del self._proven[key]
+        return False

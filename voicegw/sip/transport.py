@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from voicegw.sip.edge import Deliver, InboundScreen, Reply
+from voicegw.sip.edge import Deliver, Dropped, InboundScreen, Reply
 from voicegw.sip.message import SipMessage
 from voicegw.sip.message_framer import (
     FramingError,
@@ -30,8 +30,12 @@ from voicegw.sip.transaction import Destination
 log = logging.getLogger("voicegw.sip.transport")
 
 OnMessage = Callable[[SipMessage, Destination], None]
-#: Idle stream connections are closed after this long (seconds) without traffic.
+#: Idle stream connections are closed after this long (seconds) without traffic
+#: (a periodic sweep, and at once for the least recent one when the table is full).
 STREAM_IDLE_TIMEOUT = 600.0
+#: How often the sweep runs, as a fraction of the idle timeout: a connection lives at
+#: most this much longer than the timeout.
+IDLE_SWEEP_FRACTION = 0.1
 MAX_STREAM_CONNECTIONS = 4096
 
 
@@ -67,36 +71,44 @@ class _Stream(asyncio.Protocol):
         self.last_seen = owner.clock()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an asyncio.Transport subclass on uvloop, which serve runs on.
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = Destination(str(peer[0]), int(peer[1]), self.name)
-        if self.owner.screen.admit(
+        screen = self.owner.screen
+        if screen.admit_connection(
             self.remote, self.owner.clock()
         ) is not None or not self.owner.track(self):
             transport.abort()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.remote is not None
-        now = self.owner.clock()
+        screen, now = self.owner.screen, self.owner.clock()
         self.last_seen = now
-        if self.owner.screen.bans.should_drop(self.remote.host, now):
+        if screen.banned(self.remote, now) is not None:
             self.transport.abort()
             return
         for event in self.framer.feed(data):
-            if isinstance(event, MessageReceived):
-                if not self.owner.screen.rate.allow(self.remote.host, now):
+            if isinstance(event, MessageReceived | MessageRejected):
+                # Each framed message is screened like a datagram: counted, ban, rate.
+                refused = screen.admit(self.remote, now)
+                if refused is not None and refused.reason is Dropped.BANNED:
+                    self.transport.abort()
+                    return
+                if refused is not None:
                     continue
-                verdict = self.owner.screen.accepted(event.message, self.remote)
-                if isinstance(verdict, Deliver):
-                    self.owner.deliver(verdict.message, self.remote)
-            elif isinstance(event, MessageRejected):
-                verdict = self.owner.screen.rejected(event.data, event.error)
-                if isinstance(verdict, Reply):
-                    self.transport.write(verdict.data)
+                if isinstance(event, MessageReceived):
+                    verdict = screen.accepted(event.message, self.remote)
+                    if isinstance(verdict, Deliver):
+                        self.owner.deliver(verdict.message, self.remote)
+                else:
+                    verdict = screen.rejected(event.data, event.error, self.remote)
+                    if isinstance(verdict, Reply):
+                        self.transport.write(verdict.data)
             elif isinstance(event, KeepAlivePing):
                 self.transport.write(b"\r\n")
             elif isinstance(event, FramingError):
+                screen.unframeable(self.remote)
                 self.transport.abort()
                 return
 
@@ -121,7 +133,11 @@ class SipTransports:
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
         client_tls_context: ssl.SSLContext | None = None,
+        *,
+        idle_timeout: float = STREAM_IDLE_TIMEOUT,
     ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0")
         self.screen = screen
         self.on_message = on_message
         self.tls_context = tls_context
@@ -129,6 +145,8 @@ class SipTransports:
         #: checks). A private CA or a pinned trunk certificate goes here; never CERT_NONE.
         self.client_tls_context = client_tls_context
         self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.Task[None] | None = None
         self._udp: _Udp | None = None
         self._servers: list[asyncio.Server] = []
         self._streams: dict[tuple[str, str, int], _Stream] = {}
@@ -157,6 +175,8 @@ class SipTransports:
             self._servers.append(server)
             tls = _sockname(server.sockets[0])
         self.bound = ListenAddresses(udp, tcp, tls)
+        # Outbound connections (to trunks) idle out too, so the sweep runs with no listener.
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="sip-idle-sweep")
         return self.bound
 
     def deliver(self, message: SipMessage, source: Destination) -> None:
@@ -168,7 +188,7 @@ class SipTransports:
 
     def track(self, stream: _Stream) -> bool:
         if len(self._streams) >= MAX_STREAM_CONNECTIONS:
-            self._close_idle(force_one=True)
+            self.close_idle(force_one=True)
         if len(self._streams) >= MAX_STREAM_CONNECTIONS:
             return False
         assert stream.remote is not None
@@ -181,14 +201,31 @@ class SipTransports:
             if self._streams.get(key) is stream:
                 del self._streams[key]
 
-    def _close_idle(self, force_one: bool = False) -> None:
+    @property
+    def stream_count(self) -> int:
+        """Stream connections open now (bounded by ``MAX_STREAM_CONNECTIONS``)."""
+        return len(self._streams)
+
+    def close_idle(self, force_one: bool = False) -> int:
+        """Close connections idle longer than ``idle_timeout`` (and the least recent one if
+        ``force_one``); returns how many were closed."""
         now = self.clock()
         streams = sorted(self._streams.values(), key=lambda s: s.last_seen)
+        closed = 0
         for index, stream in enumerate(streams):
-            if now - stream.last_seen > STREAM_IDLE_TIMEOUT or (force_one and index == 0):
+            if now - stream.last_seen > self.idle_timeout or (force_one and index == 0):
                 if stream.transport is not None:
                     stream.transport.abort()
                 self.untrack(stream)
+                closed += 1
+        return closed
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self.idle_timeout * IDLE_SWEEP_FRACTION)
+            closed = self.close_idle()
+            if closed:
+                log.info("sip.stream.idle_closed", extra={"connections": closed})
 
     async def send(self, data: bytes, destination: Destination) -> None:
         """Send to ``destination``, opening a stream connection if none is open to it."""
@@ -215,6 +252,10 @@ class SipTransports:
         return protocol
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         for server in self._servers:
@@ -228,8 +269,7 @@ class SipTransports:
 
 
 def _sockname(obj: asyncio.BaseTransport | object) -> tuple[str, int]:
-    if isinstance(obj, asyncio.BaseTransport):
-        name = obj.get_extra_info("sockname")
-    else:
-        name = obj.getsockname()  # type: ignore[attr-defined]
+    # uvloop's transports do not subclass asyncio.BaseTransport: test for the method.
+    getter = getattr(obj, "get_extra_info", None)
+    name = getter("sockname") if getter else obj.getsockname()  # type: ignore[union-attr]
     return str(name[0]), int(name[1])
