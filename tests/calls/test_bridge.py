@@ -28,6 +28,7 @@ from voicegw.media.ports import PortAllocator
 from voicegw.media.session import DtmfReceived, LegConfig, MediaEvent, MediaLeg, static_codecs
 from voicegw.media.transport import LegTransport, wallclock_offset
 from voicegw.sip.message import SipRequest, parse_request
+from voicegw.sip.uri import parse_uri
 
 HOST = "127.0.0.1"
 TE = 101
@@ -196,3 +197,24 @@ def test_nobody_without_credentials_reaches_a_tenant_user() -> None:
         for kind in Caller
         if kind is not Caller.USER
     )
+
+
+async def globex_number(number: str) -> str | None:
+    return {"+442079460123": "acme", "+14155550100": "globex"}.get(number)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("sip:bob@acme.voice.test", Route(Service.BRIDGE_USER, "acme", None)),
+        ("sip:+442079460123@voice.test", Route(Service.AGENT_QUEUE, "acme", "+442079460123")),
+        ("sip:+14155550100@voice.test", Refusal(403, "Forbidden")),  # another tenant's number
+        ("sip:+19995550100@voice.test", Refusal(404, "Not Found")),  # nobody's: no open relay
+        ("tel:+442079460123", Refusal(404, "Not Found")),
+    ],
+)
+async def test_transfer_targets_follow_the_same_table_as_calls(
+    target: str, expected: Route | Refusal
+) -> None:
+    router = Router(globex_number, tenant_user=acme_users)
+    assert await router.route_uri(parse_uri(target), ALICE) == expected

@@ -17,12 +17,14 @@ from typing import cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.calls.bridge import Bridge
 from voicegw.calls.echo import EchoConfig, EchoService
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import (
     CallFailed,
     CallState,
     EndReason,
+    HoldChanged,
     InboundCall,
     OutboundCall,
     SipCalls,
@@ -30,12 +32,20 @@ from voicegw.calls.sip_calls import (
     info_digit,
 )
 from voicegw.calls.sip_service import SipService, SipServiceConfig
+from voicegw.calls.transfer import TransferRequested
 from voicegw.media.ports import PortAllocator
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.session import DtmfReceived
 from voicegw.sip.digest import DigestClient, TrunkCredentials
-from voicegw.sip.message import SipMessage, SipRequest, SipResponse, new_branch, parse_message
-from voicegw.sip.sdp import SessionDescription
+from voicegw.sip.message import (
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_branch,
+    parse_message,
+)
+from voicegw.sip.sdp import Direction, SessionDescription
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction import Destination
 from voicegw.sip.transaction_layer import TransactionLayer
@@ -131,8 +141,24 @@ class Trunk:
         extra = ("Content-Type: application/sdp", *headers) if sdp else headers
         self.send(self.request("INVITE", uri, headers=extra, body=sdp, branch=self.invite_branch))
 
-    def ack(self, uri: str, invite_cseq: int) -> None:
-        self.send(self.request("ACK", uri, cseq=invite_cseq))
+    def ack(self, uri: str, invite_cseq: int, body: str = "") -> None:
+        headers = ("Content-Type: application/sdp",) if body else ()
+        self.send(self.request("ACK", uri, cseq=invite_cseq, headers=headers, body=body))
+
+    def reply(
+        self, request: SipRequest, status: int, body: str = "", to_tag: str | None = None
+    ) -> None:
+        """Answer a request the gateway sent (in a dialog, or its INVITE with ``to_tag``)."""
+        response = make_response(
+            request,
+            status,
+            to_tag=to_tag,
+            headers=(("Contact", f"<sip:trunk@127.0.0.1:{self.wire.port}>"),)
+            + ((("Content-Type", "application/sdp"),) if body else ()),
+            body=body.replace("\n", "\r\n").encode(),
+        )
+        assert self.wire.transport is not None
+        self.wire.transport.sendto(bytes(response), self.server)
 
     async def response(self, status: int | None = None) -> SipResponse:
         """The next response (skipping provisional ones below ``status`` if given)."""
@@ -328,13 +354,58 @@ async def test_offer_without_a_common_codec_gets_488_with_a_warning(
     assert node.calls.ports.in_use == 0
 
 
-async def test_invite_without_an_offer_gets_488(
+async def test_invite_with_a_body_that_is_not_sdp_gets_488(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    trunk.send(
+        trunk.request("INVITE", uri(), headers=("Content-Type: text/plain",), body="hello\n")
+    )
+    assert (await trunk.response(200)).status == 488
+    assert node.calls.ports.in_use == 0
+
+
+async def test_rfc3261_13_2_1_delayed_offer_gets_our_offer_in_the_200_and_the_ack_answers(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, rtp = await trunk_for(node)
+    trunk.invite(uri(), body="")
+    ok = await trunk.response(200)
+    assert ok.status == 200 and ok.content_type == "application/sdp"
+    offer = SessionDescription.parse(ok.body)
+    media = offer.media[0]
+    # One codec (and telephone-event): the answer cannot pick one the leg was not built for.
+    assert media.formats == ("0", "101") and offer.direction_of(media).value == "sendrecv"
+    call = await asyncio.wait_for(node.offered.get(), TIMEOUT)
+    assert call.offer.remote_sdp is None
+    trunk.ack(uri(), ok.cseq.seq, body=trunk.sdp())
+    await asyncio.wait_for(call.confirmed.wait(), TIMEOUT)
+    assert call.audio.remote_port == trunk.rtp_port
+
+    assert offer.connection is not None
+    sent = RtpPacket(0, 1000, 160_000, 0x1234, bytes(range(160)), True)
+    rtp.sendto(bytes(sent), (offer.connection.host, media.port))
+    echoed = RtpPacket.parse(await asyncio.to_thread(rtp.recv, 2048))
+    assert echoed.payload == sent.payload  # echo reached the address the ACK's answer gave
+
+
+async def test_delayed_offer_whose_ack_has_no_answer_ends_with_bye_and_a_488_reason(
     node_factory: NodeFactory, trunk_for: TrunkFactory
 ) -> None:
     node = await node_factory()
     trunk, _ = await trunk_for(node)
     trunk.invite(uri(), body="")
-    assert (await trunk.response(200)).status == 488
+    ok = await trunk.response(200)
+    call = await asyncio.wait_for(node.offered.get(), TIMEOUT)
+    trunk.ack(uri(), ok.cseq.seq)  # no SDP: the offer in our 200 is never answered
+    bye = await trunk.request_in()
+    assert bye.method == "BYE"
+    assert bye.headers.get("Reason") == 'SIP;cause=488;text="No acceptable SDP answer"'
+    await asyncio.wait_for(call.ended.wait(), TIMEOUT)
+    assert call.end_reason is EndReason.BAD_ANSWER
+    assert node.calls.ports.in_use == 0
 
 
 async def test_rfc4028_session_timer_is_answered_with_the_caller_refreshing(
@@ -402,6 +473,153 @@ async def test_reinvite_sendonly_is_answered_recvonly_and_resume_sendrecv(
         assert f"a={answered}" in ok.body.decode()
         trunk.ack(uri(), ok.cseq.seq)
         assert call.held is held
+
+
+async def test_reinvite_without_sdp_gets_our_offer_and_the_ack_answer_applies(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    call, _ = await answered_call(node, trunk)
+    trunk.send(trunk.request("INVITE", uri()))
+    ok = await trunk.response(200)
+    assert ok.status == 200 and ok.body == bytes(call.local_sdp)  # our offer, §14.2
+    body = trunk.sdp(direction="sendonly").replace("o=trunk 1 1", "o=trunk 1 2")
+    trunk.ack(uri(), ok.cseq.seq, body=body)
+    for _ in range(250):  # the ACK has no response: wait (at most 5 s) for it to land
+        if call.held:
+            break
+        await asyncio.sleep(0.02)
+    assert call.held and call.audio.direction is Direction.RECVONLY
+    assert call.state is CallState.CONFIRMED
+
+
+async def test_gateway_reinvite_puts_the_peer_on_hold_and_resumes(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    call, _ = await answered_call(node, trunk)
+    for ours, theirs in (("sendonly", "recvonly"), ("sendrecv", "sendrecv")):
+        version = call.local_sdp.origin.version + 1  # RFC 3264 §8: one up per new offer
+        holding = asyncio.create_task(call.reinvite(Direction(ours)))
+        reinvite = await trunk.request_in()
+        assert (reinvite.method, reinvite.call_id) == ("INVITE", trunk.call_id)
+        offer = SessionDescription.parse(reinvite.body)
+        assert offer.direction_of(offer.media[0]).value == ours
+        assert offer.origin.version == version
+        trunk.reply(reinvite, 200, trunk.sdp(direction=theirs))
+        ack = await trunk.request_in()
+        assert (ack.method, ack.cseq.seq) == ("ACK", reinvite.cseq.seq)
+        assert await asyncio.wait_for(holding, TIMEOUT) is True
+        assert call.audio.direction.value == ours and not call.held
+    changes = [e for e in call.events if isinstance(e, HoldChanged)]
+    assert [(e.direction.value, e.by_peer) for e in changes] == [
+        ("sendonly", False),
+        ("sendrecv", False),
+    ]
+
+
+async def test_rfc3261_14_1_reinvite_glare_491_is_retried_after_the_interval(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    call, _ = await answered_call(node, trunk)
+    loop = asyncio.get_running_loop()
+    holding = asyncio.create_task(call.reinvite(Direction.INACTIVE))
+    first = await trunk.request_in()
+    # Our own re-INVITE crossing theirs: the gateway refuses ours with 491 (§14.2) ...
+    body = trunk.sdp(direction="sendonly").replace("o=trunk 1 1", "o=trunk 1 2")
+    trunk.send(
+        trunk.request("INVITE", uri(), headers=("Content-Type: application/sdp",), body=body)
+    )
+    assert (await trunk.response(200)).status == 491
+    # ... and we refuse theirs with 491: the gateway waits 0-2 s (it did not make the Call-ID).
+    trunk.reply(first, 491)
+    refused_at = loop.time()
+    await trunk.request_in()  # the ACK of the 491 (hop-by-hop, from the transaction)
+    second = await trunk.request_in()
+    waited = loop.time() - refused_at
+    assert second.method == "INVITE" and second.cseq.seq > first.cseq.seq
+    assert 0 <= waited <= 2.5, waited
+    trunk.reply(second, 200, trunk.sdp(direction="inactive"))
+    assert await asyncio.wait_for(holding, TIMEOUT) is True
+    assert call.held and call.audio.direction is Direction.INACTIVE
+
+
+@pytest.mark.parametrize(
+    ("handled", "reason"),
+    [(False, "Transfer Not Available"), (True, "Transfer Needs Authentication")],
+)
+async def test_refer_without_a_handler_or_from_an_unauthenticated_peer_gets_403(
+    node_factory: NodeFactory, trunk_for: TrunkFactory, handled: bool, reason: str
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    call, _ = await answered_call(node, trunk)
+    transfers: list[TransferRequested] = []
+    if handled:
+        call.on_transfer = transfers.append
+    refer_to = f"Refer-To: <sip:{NUMBER}@{DOMAIN}>"
+    trunk.send(trunk.request("REFER", uri(), headers=(refer_to,)))
+    response = await trunk.response()
+    assert (response.status, response.reason) == (403, reason)
+    assert transfers == [] and call.state is CallState.CONFIRMED
+
+
+async def test_bridged_callee_bye_reason_reaches_the_caller_rfc3326(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    caller, _ = await trunk_for(node)
+    callee, _ = await trunk_for(node)
+    callee_at = Destination("127.0.0.1", callee.wire.port, "UDP")
+
+    async def bridge_to_callee(call: InboundCall) -> None:
+        placed = await node.calls.place_call(
+            parse_uri(f"sip:bob@127.0.0.1:{callee.wire.port}"),
+            callee_at,
+            caller=f"sip:gateway@{DOMAIN}",
+            tenant_id="acme",
+        )
+        assert isinstance(placed, OutboundCall)
+        bridge = Bridge(call, placed, None)
+        call.answer()
+        await bridge.wait()
+
+    node.calls.services[Service.AGENT_QUEUE] = bridge_to_callee
+    caller.invite(uri())
+    invite = await callee.request_in()
+    callee.reply(invite, 200, callee.sdp(), to_tag="bob")
+    assert (await callee.request_in()).method == "ACK"
+    ok = await caller.response(200)
+    caller.ack(uri(), ok.cseq.seq)
+    call = await asyncio.wait_for(node.offered.get(), TIMEOUT)
+    await asyncio.wait_for(call.confirmed.wait(), TIMEOUT)
+
+    busy = 'Q.850;cause=17;text="User busy"'
+    callee.send(
+        "\n".join(
+            [
+                f"BYE {invite.contact[0].uri} SIP/2.0",
+                f"Via: SIP/2.0/UDP 127.0.0.1:{callee.wire.port};branch={new_branch()};rport",
+                "Max-Forwards: 70",
+                f"From: <sip:bob@127.0.0.1:{callee.wire.port}>;tag=bob",
+                f"To: {invite.headers.get('From')}",
+                f"Call-ID: {invite.call_id}",
+                "CSeq: 1 BYE",
+                f"Reason: {busy}",
+                "Content-Length: 0",
+            ]
+        )
+        + "\n\n"
+    )
+    assert (await callee.response()).status == 200
+    bye = await caller.request_in()
+    assert bye.method == "BYE" and bye.headers.get("Reason") == busy
+    await asyncio.wait_for(call.ended.wait(), TIMEOUT)
+    assert call.end_reason is EndReason.LOCAL_HANGUP
 
 
 async def test_gateway_bye_carries_a_reason(

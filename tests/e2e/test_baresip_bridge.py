@@ -5,6 +5,8 @@ Bob is registered with ``answermode=auto`` (or answers/declines by command).
 Each plays its own non-repeating tone sequence, so what one records as
 received must correlate with what the other sent, not with its own. Every
 wait is on a baresip ctrl_tcp event or a gateway call event, bounded.
+For early media, SIPp plays a Bob whose phone answers 183 with SDP and an
+announcement before it picks up.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from tests.e2e.peers import (
     Sessions,
     acme_store,
     aligned_correlation_signed,
+    free_port_pair,
     loopback_sip_service,
     tone_sequence,
 )
+from tests.sip.test_transaction_sipp import finish, free_udp_port, start_sipp
 from voicegw.calls.bridge import BridgeConfig, BridgeService, store_contacts, store_tenant_users
 from voicegw.calls.echo import EchoService
 from voicegw.calls.records import CallRecords
@@ -45,6 +49,7 @@ from voicegw.calls.sip_calls import (
 )
 from voicegw.calls.sip_service import SipService
 from voicegw.media.ports import PortAllocator
+from voicegw.sip.sdp import Direction
 from voicegw.store.models import Call
 
 pytestmark = [
@@ -289,34 +294,183 @@ async def test_unregistered_callee_gives_the_caller_480_at_once(
     assert row.end_reason == "callee-not-registered"
 
 
-async def test_caller_hold_stops_the_relay_both_ways_until_resumed(
+async def test_caller_hold_reaches_the_callee_as_a_sendonly_reinvite_and_resume_restores_audio(
     gateway: Gateway, alice: Baresip, bob: Baresip
 ) -> None:
     call = await connect(gateway, alice, bob)
     callee = gateway.bridge.bridges[call.id].callee
-    held: asyncio.Queue[bool] = asyncio.Queue()
-    watched = call.on_event
-    assert watched is not None
+    changes: asyncio.Queue[tuple[str, HoldChanged]] = asyncio.Queue()
+    for side, leg in (("caller", call), ("callee", callee)):
+        watched = leg.on_event
+        assert watched is not None
 
-    def on_event(event: CallEvent) -> None:
-        watched(event)  # the bridge's own handler first: it re-decides the relay
-        if isinstance(event, HoldChanged):
-            held.put_nowait(event.held)
+        def on_event(
+            event: CallEvent, watched: Callable[[CallEvent], None] = watched, side: str = side
+        ) -> None:
+            watched(event)  # the bridge's own handler first: it re-decides the relay
+            if isinstance(event, HoldChanged):
+                changes.put_nowait((side, event))
 
-    call.on_event = on_event
+        leg.on_event = on_event  # fmt: skip
+
+    async def change() -> tuple[str, HoldChanged]:
+        return await asyncio.wait_for(changes.get(), EVENT_TIMEOUT)
+
+    def sent_to_caller() -> int:
+        return call.transport.leg.summary().packets_sent
 
     def sent_to_callee() -> int:
         return callee.transport.leg.summary().packets_sent
 
-    await until(lambda: sent_to_callee() >= 25)
+    await until(lambda: sent_to_caller() >= 25 and sent_to_callee() >= 25)
     await alice.command("hold")
-    assert await asyncio.wait_for(held.get(), EVENT_TIMEOUT) is True
-    assert call.transport.peer is None and callee.transport.peer is None
-    at_hold = sent_to_callee()
-    await asyncio.sleep(0.3)  # 15 packets' worth: none may be relayed to Bob meanwhile
-    assert sent_to_callee() == at_hold
+    side, held = await change()
+    assert (side, held.held, held.direction, held.by_peer) == (
+        "caller", True, Direction.RECVONLY, True,
+    )  # fmt: skip
+    # The gateway re-INVITEd Bob with a=sendonly and Bob answered recvonly.
+    side, propagated = await change()
+    assert (side, propagated.direction, propagated.by_peer) == ("callee", Direction.SENDONLY, False)
+    assert callee.local_sdp.direction_of(callee.local_sdp.media[0]) is Direction.SENDONLY
+    assert not callee.held and call.held
+    at_hold = sent_to_caller()
+    await asyncio.sleep(0.3)  # 15 packets' worth: nothing may go to the held Alice meanwhile
+    assert sent_to_caller() == at_hold
+
     await alice.command("resume")
-    assert await asyncio.wait_for(held.get(), EVENT_TIMEOUT) is False
-    await until(lambda: sent_to_callee() >= at_hold + 25)
+    side, resumed = await change()
+    assert (side, resumed.held, resumed.direction) == ("caller", False, Direction.SENDRECV)
+    side, propagated = await change()
+    assert (side, propagated.direction) == ("callee", Direction.SENDRECV)
+    assert callee.local_sdp.direction_of(callee.local_sdp.media[0]) is Direction.SENDRECV
+    # Bob's audio reaches Alice again, and Alice's Bob.
+    at_resume = sent_to_callee()
+    await until(lambda: sent_to_caller() >= at_hold + 25 and sent_to_callee() >= at_resume + 25)
     await alice.command("hangup")
     assert await bob.event("CALL_CLOSED") == "CALL_CLOSED"
+
+
+G711A_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+
+#: SIPp as Bob's phone, first registering with his credential (SIPp maps messages to its
+#: call by Call-ID, so the INVITE is answered by a second run on the same port) ...
+REGISTER_BOB = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register bob with digest">
+  <send retrans="500"><![CDATA[
+REGISTER sip:{realm} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:bob@{realm}>;tag=[pid]reg[call_number]
+To: <sip:bob@{realm}>
+Call-ID: [call_id]
+CSeq: 1 REGISTER
+Contact: <sip:bob@[local_ip]:[local_port]>
+Expires: 300
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="401" auth="true"/>
+  <send retrans="500"><![CDATA[
+REGISTER sip:{realm} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:bob@{realm}>;tag=[pid]reg[call_number]
+To: <sip:bob@{realm}>
+Call-ID: [call_id]
+CSeq: 2 REGISTER
+Contact: <sip:bob@[local_ip]:[local_port]>
+[authentication username=bob password=bob-secret]
+Expires: 300
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+#: ... then answering the bridged INVITE with 183 and SDP, playing an announcement (PCMA
+#: from a capture) as early media, and answering 2.5 s later.
+EARLY_MEDIA_BOB = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="registered callee: 183 with early media, then 200">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 183 Session Progress
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]bob[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:bob@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]></send>
+  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
+  <pause milliseconds="2500"/>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]bob[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:bob@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+BOB_SDP = (
+    "v=0\no=bob 1 1 IN IP4 [media_ip]\ns=-\nc=IN IP4 [media_ip]\nt=0 0\n"
+    "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n"
+    "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\na=sendrecv\n"
+)
+
+
+@pytest.mark.skipif(
+    shutil.which("sipp") is None or not G711A_PCAP.exists(), reason="SIPp or its captures missing"
+)
+async def test_callee_183_early_media_reaches_the_caller_before_the_answer(
+    gateway: Gateway, alice: Baresip, tmp_path: Path
+) -> None:
+    (tmp_path / "register.xml").write_text(REGISTER_BOB.format(realm=REALM))
+    scenario = EARLY_MEDIA_BOB.format(realm=REALM, sdp=BOB_SDP, pcap=G711A_PCAP)
+    (tmp_path / "bob.xml").write_text(scenario)
+    bob_port = free_udp_port()
+    register = await start_sipp(
+        tmp_path, "-sf", "register.xml", f"127.0.0.1:{gateway.port}", "-p", str(bob_port)
+    )
+    await finish(register, tmp_path)
+    assert await gateway.bridge.contacts("acme", BOB_URI)
+    bob = await start_sipp(
+        tmp_path, "-sf", "bob.xml", "-p", str(bob_port), "-mp", str(free_port_pair())
+    )
+    try:
+        await alice.register("alice", "alice-secret", gateway.port)
+        await alice.command("dial", BOB_URI)
+        call = await asyncio.wait_for(gateway.offered.get(), EVENT_TIMEOUT)
+        assert await alice.event("CALL_PROGRESS", "CALL_CLOSED") == "CALL_PROGRESS"
+        # Bob's announcement is relayed (PCMA -> PCMU) to Alice while Bob has not answered.
+        await until(lambda: call.transport.leg.summary().packets_sent >= 25)
+        assert call.id not in gateway.bridge.bridges and not call.confirmed.is_set()
+        assert await alice.event("CALL_ESTABLISHED", "CALL_CLOSED") == "CALL_ESTABLISHED"
+        callee = gateway.bridge.bridges[call.id].callee
+        assert callee.audio.codec.name == "PCMA" and call.audio.codec.name == "PCMU"
+        await alice.command("hangup")
+        await finish(bob, tmp_path)
+    finally:
+        if bob.returncode is None:
+            bob.kill()
+            await bob.wait()

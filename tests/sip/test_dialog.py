@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from voicegw.sip.dialog import AckWait, Dialog, DialogId, DialogState, SessionTimer
+from voicegw.sip.dialog import (
+    AckWait,
+    Dialog,
+    DialogId,
+    DialogState,
+    SessionTimer,
+    glare_retry_delay,
+)
 from voicegw.sip.message import (
     SipRequest,
     SipResponse,
@@ -351,3 +358,13 @@ def test_rfc3261_13_invite_200_ack_bye_through_two_layers() -> None:
     deliver(5.0)
     assert [e.response.status for e in drain(uac_layer) if isinstance(e, ResponseReceived)] == [200]
     assert uas_dialog.state is DialogState.TERMINATED
+
+
+@pytest.mark.parametrize(
+    ("owns_call_id", "fraction", "delay"),
+    [(True, 0.0, 2.1), (True, 1.0, 4.0), (False, 0.0, 0.0), (False, 0.5, 1.0), (False, 1.0, 2.0)],
+)
+def test_rfc3261_14_1_glare_retry_waits_longer_for_the_call_id_owner(
+    owns_call_id: bool, fraction: float, delay: float
+) -> None:
+    assert glare_retry_delay(owns_call_id, fraction) == pytest.approx(delay)

@@ -3,23 +3,27 @@
 Two dialogs: the caller's :class:`~voicegw.calls.sip_calls.InboundCall` (leg A)
 and an :class:`~voicegw.calls.sip_calls.OutboundCall` the gateway places to the
 callee's best registered contact (leg B, from :func:`live_bindings
-<voicegw.store.sip_accounts.live_bindings>`). A rings while B is being called;
-B's answer answers A; B's failure becomes A's final response (:data:`FAILURES`);
-A's CANCEL cancels B's INVITE.
+<voicegw.store.sip_accounts.live_bindings>`). B's provisional responses reach A:
+180 as 180, a 183 with SDP (the callee's ringback or announcement) as a 183
+with our SDP, and B's early media is relayed to A until the answer. B's answer
+answers A; B's failure becomes A's final response (:data:`FAILURES`); A's
+CANCEL cancels B's INVITE.
 
 Once both are up, each leg transport's ``peer`` is the other's: a packet is
 relayed from inside the receive callback, its payload untouched when both legs
 use the same codec (transcoded by :meth:`MediaLeg.relay
 <voicegw.media.session.MediaLeg.relay>` otherwise). Telephone events are not
 audio to a media leg, so a key press arriving on one leg (RFC 4733 or INFO) is
-sent again as RFC 4733 packets on the other (:class:`DigitSender`). A BYE on
-either leg ends the other with a Reason header.
+sent again as RFC 4733 packets on the other (:class:`DigitSender`).
 
-Not done here (the call layer has no hook for it yet): early media (place_call
-reports no 183 with SDP, so A hears no callee ringback beyond its own 180);
-a re-INVITE towards the other leg when one leg holds — instead, while either
-leg is held, nothing is relayed either way; forking to every contact of the
-callee (the best-q contact is called).
+Hold is propagated: a leg's re-INVITE to sendonly/inactive (and back) makes
+the gateway re-INVITE the other leg with the matching direction
+(:meth:`CallLeg.reinvite <voicegw.calls.sip_calls.CallLeg.reinvite>`); media
+is relayed into a leg only while we may send to it, so the holding side's
+music on hold still reaches the held side. A BYE on either leg ends the other,
+passing on the RFC 3326 Reason the BYE carried (ours when it had none).
+
+Not done here: forking to every contact of the callee (the best-q contact is called).
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.calls.records import CallRecord, CallRecords
-from voicegw.calls.routing import TenantUserLookup
+from voicegw.calls.routing import Caller, CallerIdentity, TenantUserLookup
 from voicegw.calls.sip_calls import (
     CallEnded,
     CallEvent,
     CallFailed,
+    CallProgress,
     EndReason,
     HoldChanged,
     InboundCall,
@@ -51,6 +56,7 @@ from voicegw.media.session import DtmfReceived
 from voicegw.media.transport import LegTransport
 from voicegw.sip.errors import SipParseError
 from voicegw.sip.registrar import Binding
+from voicegw.sip.sdp import Direction
 from voicegw.sip.uri import SipURI, parse_uri
 from voicegw.store import sip_accounts
 
@@ -189,6 +195,7 @@ class Bridge:
         self.callee = callee
         self.record = record
         self._paused: dict[str, bool] = {"caller": False, "callee": False}
+        self._tasks: set[asyncio.Task[None]] = set()
         # Digits for a leg are sent on it; while they are, relaying *into* it pauses.
         self.to_caller = DigitSender(
             caller.transport, lambda on: self._pause("caller", on), caller.id
@@ -207,18 +214,31 @@ class Bridge:
         finally:
             self.to_caller.close()
             self.to_callee.close()
+            for task in self._tasks:
+                task.cancel()
 
     def _pause(self, leg: str, on: bool) -> None:
         self._paused[leg] = on
         self._relay()
 
     def _relay(self) -> None:
-        """Set both transports' ``peer`` from the current hold and digit state."""
+        """Set both transports' ``peer`` from the current hold and digit state.
+
+        Media goes into a leg only while we may send to it (not held, RFC 3264
+        §8.4) and no regenerated digit is being sent on it.
+        """
         a, b = self.caller.transport, self.callee.transport
-        flowing = not (self.caller.held or self.callee.held)
         ended = self.caller.ended.is_set() or self.callee.ended.is_set()
-        a.peer = b if flowing and not ended and not self._paused["callee"] else None
-        b.peer = a if flowing and not ended and not self._paused["caller"] else None
+        into_callee = not (ended or self.callee.held or self._paused["callee"])
+        into_caller = not (ended or self.caller.held or self._paused["caller"])
+        a.peer = b if into_callee else None
+        b.peer = a if into_caller else None
+
+    @staticmethod
+    async def _propagate(leg: InboundCall | OutboundCall, direction: Direction) -> None:
+        if not await leg.reinvite(direction):
+            # The leg refused or ended; its own direction stays, the relay follows it.
+            log.info("bridge.hold_not_propagated", extra={"call": leg.id})
 
     def _on_event(self, side: str, event: CallEvent) -> None:
         other = self.callee if side == "caller" else self.caller
@@ -227,9 +247,14 @@ class Bridge:
                 self.record.end_reason = END_RECORDS.get((side, event.reason), event.reason.value)
             self._relay()
             if not other.ended.is_set():
-                other.hang_up(EndReason.LOCAL_HANGUP)
+                other.hang_up(EndReason.LOCAL_HANGUP, event.reason_header)
         elif isinstance(event, HoldChanged):
             self._relay()
+            if event.by_peer and not other.ended.is_set():
+                # The peer's offer seen from the other leg: its sendonly is ours there.
+                task = asyncio.create_task(self._propagate(other, event.direction.reversed()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif isinstance(event, DtmfReceived) and event.digit.digit is not None:
             sender = self.to_callee if side == "caller" else self.to_caller
             duration = event.digit.duration / _EVENT_RATE or _DEFAULT_DIGIT
@@ -270,9 +295,6 @@ class BridgeService:
         if not contacts:
             self._fail(call, record, NOT_REGISTERED)
             return
-        call.ring()
-        if call.ended.is_set():
-            return
         callee = await self._place(calls, call, contacts[0], record)
         if callee is None:
             return
@@ -297,6 +319,21 @@ class BridgeService:
             if identity.username and identity.realm
             else call.offer.from_uri
         )
+        # The callee is the tenant user dialled: as such it may transfer the call (REFER).
+        dialled = parse_uri(call.offer.request_uri)
+        callee_identity = CallerIdentity(
+            Caller.USER,
+            call.offer.route.tenant_id,
+            dialled.user if isinstance(dialled, SipURI) else None,
+            identity.realm,
+        )
+
+        def progress(event: CallProgress) -> None:
+            # 180 -> 180; 183 with SDP -> 183 with ours, and the callee's early media to A.
+            call.ring(early_media=event.early_media is not None)
+            if event.early_media is not None and not call.ended.is_set():
+                event.early_media.peer = call.transport
+
         placing = asyncio.create_task(
             calls.place_call(
                 parse_uri(contact.contact.strip().strip("<>")),
@@ -304,6 +341,8 @@ class BridgeService:
                 caller=caller_uri,
                 tenant_id=call.offer.route.tenant_id,
                 answer_timeout=self.config.answer_timeout,
+                identity=callee_identity,
+                on_progress=progress,
             )
         )
         caller_gone = asyncio.create_task(call.ended.wait())

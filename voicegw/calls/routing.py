@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from voicegw.sip.message import SipRequest
-from voicegw.sip.uri import SipURI
+from voicegw.sip.uri import URI, SipURI
 
 #: Cheap shape check before a lookup: E.164 is at most 15 digits after ``+``.
 E164_USER = re.compile(r"^\+[1-9][0-9]{5,14}$")
@@ -106,7 +106,11 @@ TenantUserLookup = Callable[[str, str, str], Awaitable[bool]]
 
 def dialled_number(request: SipRequest) -> str | None:
     """The Request-URI user when it has the shape of an E.164 number."""
-    uri = request.uri
+    return uri_number(request.uri)
+
+
+def uri_number(uri: URI) -> str | None:
+    """The user part of a SIP URI when it has the shape of E.164 (tel: URIs route nowhere)."""
     user = uri.user if isinstance(uri, SipURI) else None
     return user if user is not None and E164_USER.match(user) else None
 
@@ -127,10 +131,10 @@ class Router:
         self.tenant_user = tenant_user
 
     async def target(
-        self, request: SipRequest, caller: CallerIdentity
+        self, uri: URI, caller: CallerIdentity
     ) -> tuple[Target, str | None, str | None]:
-        """What ``request`` dials: the target kind, the owning tenant and the number."""
-        uri = request.uri
+        """What ``uri`` names: the target kind, the owning tenant and the number."""
+        number = uri_number(uri)
         if not isinstance(uri, SipURI) or uri.user is None:
             return Target.UNKNOWN, None, None
         if (
@@ -144,14 +148,18 @@ class Router:
             and caller.realm is not None
             and caller.tenant_id is not None
             and uri.host.lower() == caller.realm
-            and dialled_number(request) is None
+            and number is None
             and await self.tenant_user(caller.tenant_id, caller.realm, uri.user)
         ):
             # A user of the caller's own realm: the realm is the tenant's, so never another's.
             return Target.TENANT_USER, caller.tenant_id, None
-        number = dialled_number(request)
         if number is None:
             return Target.UNKNOWN, None, None
+        return await self._number_target(number, caller)
+
+    async def _number_target(
+        self, number: str, caller: CallerIdentity
+    ) -> tuple[Target, str | None, str | None]:
         owner = await self.number_owner(number)
         if owner is None:
             return Target.UNKNOWN, None, None
@@ -160,7 +168,12 @@ class Router:
         return Target.OTHER_TENANT_NUMBER, None, None
 
     async def route(self, request: SipRequest, caller: CallerIdentity) -> Route | Refusal:
-        target, tenant_id, number = await self.target(request, caller)
+        return await self.route_uri(request.uri, caller)
+
+    async def route_uri(self, uri: URI, caller: CallerIdentity) -> Route | Refusal:
+        """The decision for ``caller`` reaching ``uri`` (an INVITE's Request-URI, a REFER's
+        Refer-To): the same table, so a transfer reaches nothing a call could not."""
+        target, tenant_id, number = await self.target(uri, caller)
         decision = ROUTES[(caller.kind, target)]
         if isinstance(decision, Refusal):
             return decision

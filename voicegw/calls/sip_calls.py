@@ -7,20 +7,29 @@ from the configured range and a :class:`~voicegw.media.session.MediaLeg` runs
 on them, and the service the router chose gets the call to :meth:`~InboundCall.ring`,
 :meth:`~InboundCall.answer` or :meth:`~InboundCall.reject`.
 
+An INVITE without SDP (delayed offer, §13.2.1) gets our offer in the 200 and
+its answer is taken from the ACK (an ACK without a usable one: BYE, Reason 488).
+A service may ring with early media (183 with our SDP, :meth:`InboundCall.ring`).
+
 After the 200 the call owns its dialog (:class:`~voicegw.sip.dialog.Dialog`):
 the 2xx is resent until the ACK (:class:`~voicegw.sip.dialog.AckWait`; BYE
 after 64*T1 without one), re-INVITEs put the call on hold and back
 (sendonly/inactive offers are answered recvonly/inactive and the leg stops
-sending), INFO digits become the same :class:`~voicegw.media.session.DtmfReceived`
-events as RFC 4733 digits, BYE ends it from either side (ours with a Reason
-header), and an RFC 4028 session timer is honoured when the caller asks (the
-caller refreshes; we send BYE if it stops).
+sending), :meth:`CallLeg.reinvite` does the same towards the peer (491 glare
+retried per §14.1), INFO digits become the same
+:class:`~voicegw.media.session.DtmfReceived` events as RFC 4733 digits, REFER
+from an authenticated peer becomes a :class:`~voicegw.calls.transfer.TransferRequested`
+(202, NOTIFYs with message/sipfrag progress; RFC 3515), BYE ends it from either
+side (ours with a Reason header, the peer's Reason passed on in
+:class:`CallEnded`), and an RFC 4028 session timer is honoured when the caller
+asks (the caller refreshes; we send BYE if it stops).
 
 Outbound, :meth:`SipCalls.place_call` sends our offer through a trunk or to a
 registered contact, answers 401/407 with the trunk's credentials only where
-:func:`~voicegw.sip.digest.credential_guard` allows, ACKs the 2xx and returns an
-:class:`OutboundCall`; both kinds share :class:`CallLeg` for everything in the
-dialog.
+:func:`~voicegw.sip.digest.credential_guard` allows, reports provisional
+responses (:class:`CallProgress`; a 183 with SDP opens the media early, in an
+early dialog per §12.1.2), ACKs the 2xx and returns an :class:`OutboundCall`;
+both kinds share :class:`CallLeg` for everything in the dialog.
 
 Timing: every call keeps one loop timer, re-armed to its earliest deadline
 (2xx resend, session expiry, duration limit) after every input.
@@ -29,15 +38,31 @@ Timing: every call keeps one loop timer, re-armed to its earliest deadline
 from __future__ import annotations
 
 import asyncio
-import enum
+import dataclasses
 import itertools
 import logging
-import re
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from voicegw.calls.call_media import RtpCallMedia
+from voicegw.calls.call_types import (
+    ALLOW,
+    BYE_REASONS,
+    SDP,
+    CallConfirmed,
+    CallEnded,
+    CallEvent,
+    CallFailed,
+    CallLegTransport,
+    CallState,
+    EndReason,
+    HoldChanged,
+    srtp_context,
+)
+from voicegw.calls.info_dtmf import INFO_DTMF, info_digit
+from voicegw.calls.outbound_invite import CallProgress, EarlyMedia, LegParts, OutboundInvite
 from voicegw.calls.routing import (
     Caller,
     CallerIdentity,
@@ -48,15 +73,14 @@ from voicegw.calls.routing import (
     dialled_number,
 )
 from voicegw.calls.sip_service import AuthenticatedRequest, SipService
+from voicegw.calls.transfer import TransferHandler, TransferProgress, TransferRequested
 from voicegw.media.clock import MediaClock
 from voicegw.media.codecs import codec_by_name
-from voicegw.media.dtmf import EVENT_DIGITS, DtmfDigit
 from voicegw.media.ports import PortAllocator, PortsExhausted, RtpPorts
 from voicegw.media.session import DtmfReceived, LegConfig, MediaEvent, MediaLeg
-from voicegw.media.srtp import SrtpContext
-from voicegw.media.transport import LegTransport, wallclock_offset
-from voicegw.sip.dialog import AckWait, Dialog, DialogId
-from voicegw.sip.digest import CHALLENGE_HEADERS, AuthAttempt, AuthorizationHeader, DigestClient
+from voicegw.media.transport import wallclock_offset
+from voicegw.sip.dialog import AckWait, Dialog, DialogId, DialogState, glare_retry_delay
+from voicegw.sip.digest import DigestClient
 from voicegw.sip.headers import Headers
 from voicegw.sip.message import (
     SipRequest,
@@ -76,7 +100,8 @@ from voicegw.sip.offer_answer import (
     create_offer,
     new_origin,
 )
-from voicegw.sip.sdp import Direction, SdpError, SessionDescription
+from voicegw.sip.refer import ReferError, ReferTo, notify_headers, read_refer, sipfrag
+from voicegw.sip.sdp import CODECS, Direction, SdpError, SessionDescription
 from voicegw.sip.transaction import Destination
 from voicegw.sip.transaction_layer import (
     ResponseReceived,
@@ -89,60 +114,11 @@ from voicegw.sip.uri import URI, SipURI
 
 log = logging.getLogger("voicegw.calls.sip_calls")
 
-SDP = "application/sdp"
 #: RFC 4028 §5: the smallest Session-Expires we accept (and announce in Min-SE).
 DEFAULT_MIN_SE = 90
 _HISTORY = 64  # call events kept on the call for inspection
-
-
-class CallState(enum.Enum):
-    OFFERED = "offered"  # routed, SDP answered internally, nothing final sent
-    RINGING = "ringing"  # 180 sent
-    ANSWERED = "answered"  # 200 sent, waiting for the ACK
-    CONFIRMED = "confirmed"  # ACK received
-    ENDED = "ended"
-
-
-class EndReason(enum.Enum):
-    REMOTE_BYE = "remote-bye"
-    LOCAL_HANGUP = "local-hangup"
-    DURATION_LIMIT = "duration-limit"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-    NO_ACK = "no-ack"
-    SESSION_EXPIRED = "session-expired"
-    FAILED = "failed"
-
-
-#: The Reason header (RFC 3326) of the BYE we send for each way we end a call.
-BYE_REASONS: dict[EndReason, str] = {
-    EndReason.LOCAL_HANGUP: 'Q.850;cause=16;text="Normal call clearing"',
-    EndReason.DURATION_LIMIT: 'Q.850;cause=16;text="Call duration limit"',
-    EndReason.NO_ACK: 'SIP;cause=408;text="No ACK for 200"',
-    EndReason.SESSION_EXPIRED: 'SIP;cause=408;text="Session expired"',
-    EndReason.FAILED: 'Q.850;cause=41;text="Temporary failure"',
-}
-
-
-@dataclass(frozen=True, slots=True)
-class CallConfirmed:
-    """The caller's ACK arrived: media flows both ways."""
-
-
-@dataclass(frozen=True, slots=True)
-class HoldChanged:
-    """A re-INVITE changed the stream's direction; ``held`` means we stopped sending."""
-
-    held: bool
-    direction: Direction
-
-
-@dataclass(frozen=True, slots=True)
-class CallEnded:
-    reason: EndReason
-
-
-CallEvent = CallConfirmed | HoldChanged | CallEnded | DtmfReceived
+#: How often a re-INVITE of ours is retried after 491 Request Pending (§14.1) before giving up.
+GLARE_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +130,8 @@ class CallOffer:
     request_uri: str
     caller: CallerIdentity
     route: Route
-    remote_sdp: SessionDescription
+    #: The INVITE's offer; None when it had none (delayed offer: the answer comes in the ACK).
+    remote_sdp: SessionDescription | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,27 +148,6 @@ class SipCallsConfig:
     offer_srtp: SrtpPolicy = SrtpPolicy.DISABLED
 
 
-def srtp_context(audio: NegotiatedAudio) -> SrtpContext | None:
-    """The leg's SRTP keys when the negotiation chose SDES-SRTP, else None (plain RTP)."""
-    local, remote = audio.local_crypto, audio.remote_crypto
-    if local is None or remote is None:
-        return None
-    return SrtpContext.sdes(local.suite, local.key_salt, remote.key_salt)
-
-
-class CallLegTransport(LegTransport):
-    """A call leg's RTP sockets that go quiet while the call is held."""
-
-    held = False
-    held_drops = 0
-
-    def send_rtp(self, data: bytes) -> None:
-        if self.held:
-            self.held_drops += 1  # RFC 3264 §8.4: no media towards a recvonly/inactive peer
-            return
-        super().send_rtp(data)
-
-
 CallHandler = Callable[["InboundCall"], Awaitable[None]]
 
 
@@ -204,49 +160,11 @@ class CallSetup:
     source: Destination
     offer: CallOffer
     ports: RtpPorts
+    #: Our answer to the INVITE's offer; for a delayed offer (``delayed``), our offer
+    #: and what the leg assumes until the ACK brings the answer.
     answer: Answer
     session_expires: int | None
-
-
-# --- INFO digits (application/dtmf-relay, application/dtmf) ------------------------------------
-
-_SIGNAL_RE = re.compile(r"^\s*signal\s*=\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
-_DURATION_RE = re.compile(r"^\s*duration\s*=\s*(\d{1,6})\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-def _dtmf_relay(body: str) -> tuple[str, int] | None:
-    signal, duration = _SIGNAL_RE.search(body), _DURATION_RE.search(body)
-    if signal is None:
-        return None
-    return signal.group(1), int(duration.group(1)) if duration else 0
-
-
-def _dtmf_plain(body: str) -> tuple[str, int] | None:
-    return body.strip(), 0
-
-
-#: Content types of INFO that carry one key press, and how to read (digit, duration ms).
-INFO_DTMF: dict[str, Callable[[str], tuple[str, int] | None]] = {
-    "application/dtmf-relay": _dtmf_relay,
-    "application/dtmf": _dtmf_plain,
-}
-
-
-def info_digit(content_type: str | None, body: bytes) -> DtmfDigit | None:
-    """The key press an INFO carries, as the RFC 4733 receiver would report it; None if none."""
-    reader = INFO_DTMF.get((content_type or "").split(";")[0].strip().lower())
-    if reader is None:
-        return None
-    found = reader(body.decode("utf-8", "replace"))
-    if found is None:
-        return None
-    signal, duration_ms = found
-    digit = signal.upper()
-    event = EVENT_DIGITS.find(digit) if len(digit) == 1 else -1
-    if event < 0:
-        return None
-    # 8 kHz units, as telephone-event durations are; no RTP timestamp exists for it.
-    return DtmfDigit(digit, event, 0, min(duration_ms * 8, 0xFFFF), 0, True)
+    delayed: bool = False
 
 
 def _session_expires(request: SipRequest) -> int | None:
@@ -263,13 +181,20 @@ def _supports_timer(request: SipRequest) -> bool:
 
 
 class CallLeg:
-    """One call leg's dialog and media, whichever side set it up: hold, INFO, BYE, timers."""
+    """One call leg's dialog and media, whichever side set it up: hold, INFO, REFER, BYE, timers.
+
+    ``identity`` is who the far end of this leg is (an inbound leg's authenticated
+    caller, or the user an outbound leg was placed to); only an authenticated
+    identity may transfer the call (REFER), and only to what it could call itself.
+    """
 
     def __init__(
         self,
         calls: SipCalls,
         call_id: str,
         *,
+        tenant_id: str,
+        identity: CallerIdentity | None,
         source: Destination,
         ports: RtpPorts,
         transport: CallLegTransport,
@@ -278,6 +203,8 @@ class CallLeg:
         tag: str,
     ) -> None:
         self.id = call_id
+        self.tenant_id = tenant_id
+        self.identity = identity
         self.state = CallState.CONFIRMED
         self.transport = transport
         self.audio = audio
@@ -288,6 +215,9 @@ class CallLeg:
         self.confirmed = asyncio.Event()
         #: Told of every call event on the event loop; keep it quick.
         self.on_event: Callable[[CallEvent], None] | None = None
+        #: Takes this leg's accepted REFERs (:class:`~voicegw.calls.transfer.TransferRequested`);
+        #: None: a REFER gets 403.
+        self.on_transfer: TransferHandler | None = None
         self.events: deque[CallEvent] = deque(maxlen=_HISTORY)
         self._calls = calls
         self._source = source
@@ -299,6 +229,14 @@ class CallLeg:
         self._limit_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._call_media: RtpCallMedia | None = None
+        self._bye_reason: str | None = None  # a Reason header to send instead of ours
+        self._peer_reason: str | None = None  # the Reason of the peer's BYE
+        # The offer we put in a 2xx (the INVITE had none): its answer comes in the ACK.
+        self._offer_in_2xx: SessionDescription | None = None
+        self._reinvite_lock = asyncio.Lock()
+        self._reinvite_tid: TransactionId | None = None
+        self._reinvite_result: asyncio.Future[SipResponse | None] | None = None
+        self._reinvite_ack: SipRequest | None = None
         transport.on_event = self._on_media_event
         transport.held = not self.audio.direction.sends
         transport.srtp = srtp_context(audio)
@@ -310,8 +248,15 @@ class CallLeg:
     def held(self) -> bool:
         return self.transport.held
 
-    def hang_up(self, reason: EndReason = EndReason.LOCAL_HANGUP) -> None:
-        """End the call from our side with BYE."""
+    def hang_up(
+        self, reason: EndReason = EndReason.LOCAL_HANGUP, reason_header: str | None = None
+    ) -> None:
+        """End the call from our side with BYE.
+
+        ``reason_header`` (RFC 3326) replaces the Reason we would send for ``reason``:
+        a bridge passes on the other leg's, so the cause reaches the far end.
+        """
+        self._bye_reason = reason_header
         if self.state is CallState.ANSWERED:
             # §15: no BYE before the ACK (or its timeout) on the callee side.
             self._bye_after_ack = reason
@@ -333,6 +278,12 @@ class CallLeg:
         if wait is None or not wait.receive_ack(ack):
             return
         self._ack_wait = None
+        if self._offer_in_2xx is not None and not self._take_ack_answer(ack):
+            # Our offer went out in the 2xx; an ACK without a usable answer ends the call.
+            self.state = CallState.CONFIRMED
+            self.confirmed.set()
+            self._send_bye(EndReason.BAD_ANSWER)
+            return
         if self.state is CallState.ANSWERED:
             self.state = CallState.CONFIRMED
             self.confirmed.set()
@@ -351,19 +302,207 @@ class CallLeg:
             return
         handler = _IN_DIALOG.get(request.method)
         if handler is None:
-            allow = (("Allow", "INVITE, ACK, CANCEL, BYE, INFO, OPTIONS"),)
+            allow = (("Allow", ALLOW),)
             self._calls.service.respond(tid, make_response(request, 405, headers=allow))
             return
         handler(self, tid, request)
 
     def client_event(self, event: ResponseReceived | TransactionTimedOut | TransportFailed) -> None:
-        """Our BYE's answer or timeout: the call already ended; nothing left to do."""
+        """The fate of our in-dialog requests: a re-INVITE's answer matters, BYE's and
+        NOTIFY's do not (the call ended, or the NOTIFY only reports)."""
+        result = self._reinvite_result
+        if event.transaction == self._reinvite_tid and result is not None:
+            if isinstance(event, ResponseReceived):
+                if event.response.status < 200:
+                    return
+                if not result.done():
+                    result.set_result(event.response)
+            elif not result.done():
+                result.set_result(None)
+            return
+        ack = self._reinvite_ack
+        if (
+            isinstance(event, ResponseReceived)
+            and ack is not None
+            and 200 <= event.response.status < 300
+            and event.response.cseq.method == "INVITE"
+            and event.response.cseq.seq == ack.cseq.seq
+            and self.dialog is not None
+        ):
+            # §13.2.2.4: every retransmission of the 2xx gets the ACK again.
+            self._calls.service.send_stateless(ack, self._calls.hop(self.dialog, self._source))
+
+    # --- gateway-initiated re-INVITE (§14.1) -------------------------------------------------
+
+    async def reinvite(self, direction: Direction) -> bool:
+        """Offer ``direction`` to the peer in a re-INVITE (RFC 3261 §14.1, RFC 3264 §8.4).
+
+        ``direction`` is ours: SENDONLY puts the peer on hold (we may still send,
+        e.g. music on hold, and take nothing from it), INACTIVE stops media both
+        ways, SENDRECV resumes. Codec, addresses and SRTP key stay as negotiated.
+
+        Returns True once the peer's 2xx answer is applied and ACKed (a
+        :class:`HoldChanged` with ``by_peer=False`` is emitted when the direction
+        changed). Returns False, the session unchanged, when the peer refuses,
+        when the leg is not confirmed or has ended, or when 491 Request Pending
+        (glare) came back more than :data:`GLARE_RETRIES` times; after each 491
+        it waits the §14.1 interval (:func:`~voicegw.sip.dialog.glare_retry_delay`).
+        A 408/481, a timeout or an unusable answer ends the call with BYE.
+        Calls on one leg run one after the other.
+        """
+        async with self._reinvite_lock:
+            for attempt in range(GLARE_RETRIES + 1):
+                if attempt:
+                    assert self.dialog is not None
+                    owns_call_id = self.dialog.we_are_uac
+                    await asyncio.sleep(glare_retry_delay(owns_call_id, random.random()))
+                outcome = await self._reinvite_once(direction)
+                if outcome is not None:
+                    return outcome
+            return False
+
+    async def _reinvite_once(self, direction: Direction) -> bool | None:
+        """One re-INVITE: True/False as :meth:`reinvite` says, None after a 491."""
+        dialog = self.dialog
+        if (
+            self.state is not CallState.CONFIRMED
+            or dialog is None
+            or dialog.state is not DialogState.CONFIRMED
+        ):
+            return False
+        if self._ack_wait is not None:
+            return None  # §14.1: the peer's INVITE transaction is not over yet: like glare
+        audio = self.audio
+        caps = dataclasses.replace(
+            self._calls.capabilities(self._ports),
+            codecs=(audio.codec.name,),
+            telephone_event_pt=audio.telephone_event_pt or 101,
+            direction=direction,
+            srtp=SrtpPolicy.DISABLED if audio.local_crypto is None else SrtpPolicy.REQUIRED,
+            srtp_suites=(audio.local_crypto.suite,) if audio.local_crypto else (),
+            rtcp_mux=audio.rtcp_mux,
+        )
+        offer = create_offer(
+            caps, self.local_sdp.origin, previous=self.local_sdp, keep_crypto=audio.local_crypto
+        )
+        via = self._calls.via(self._source)
+        headers = (("Content-Type", SDP), ("Allow", ALLOW))
+        request = dialog.create_request("INVITE", via, headers=headers, body=bytes(offer))
+        result: asyncio.Future[SipResponse | None] = asyncio.get_running_loop().create_future()
+        self._reinvite_result = result
+        self._reinvite_tid = self._calls.send_in_dialog(self, request, self._source)
+        try:
+            response = await result
+        finally:
+            self._reinvite_tid = self._reinvite_result = None
+        if self.ended.is_set():
+            return False
+        if response is None or response.status in (408, 481):
+            self._send_bye(EndReason.FAILED)  # §14.1: the dialog is gone or unreachable
+            return False
+        if response.status == 491:
+            return None
+        if response.status >= 300:
+            return False
+        dialog.receive_response(response, self._calls.now())
+        ack = dialog.create_ack(request.cseq.seq, via)
+        self._reinvite_ack = ack
+        self._calls.service.send_stateless(ack, self._calls.hop(dialog, self._source))
+        try:
+            answered = apply_answer(offer, SessionDescription.parse(response.body), caps)
+            if (answered.codec, answered.payload_type) != (audio.codec, audio.payload_type):
+                raise SdpError("answer changed the codec")
+        except SdpError:
+            self._send_bye(EndReason.BAD_ANSWER)  # §14.1: ACK first, then end it
+            return False
+        self.local_sdp = offer
+        self._apply(answered, by_peer=False)
+        self._arm()
+        return True
 
     # --- in-dialog requests -------------------------------------------------------------------
 
     def _on_bye(self, tid: TransactionId, request: SipRequest) -> None:
         self._calls.service.respond(tid, make_response(request, 200))
+        self._peer_reason = request.headers.get("Reason")
         self._finish(EndReason.REMOTE_BYE)
+
+    def _on_refer(self, tid: TransactionId, request: SipRequest) -> None:
+        handler, identity = self.on_transfer, self.identity
+        if handler is None:
+            self._calls.service.respond(tid, make_response(request, 403, "Transfer Not Available"))
+            return
+        if identity is None or identity.kind is Caller.PUBLIC:
+            response = make_response(request, 403, "Transfer Needs Authentication")
+            self._calls.service.respond(tid, response)
+            return
+        try:
+            refer = read_refer(request)
+        except ReferError as error:
+            self._calls.service.respond(tid, make_response(request, error.status, error.reason))
+            return
+        self._calls.spawn(self._refer(tid, request, refer, identity, handler))
+
+    async def _refer(
+        self,
+        tid: TransactionId,
+        request: SipRequest,
+        refer: ReferTo,
+        identity: CallerIdentity,
+        handler: TransferHandler,
+    ) -> None:
+        # The same table as a call: a transfer reaches nothing the referrer could not dial.
+        route = await self._calls.router.route_uri(refer.target, identity)
+        respond = self._calls.service.respond
+        if self.ended.is_set():
+            respond(tid, make_response(request, 481))
+            return
+        if isinstance(route, Refusal) or route.tenant_id != self.tenant_id:
+            status, why = (route.status, route.reason) if isinstance(route, Refusal) else (403, "")
+            respond(tid, make_response(request, status, f"Transfer Target {why or 'Forbidden'}"))
+            log.info("sip.call.refer_refused", extra={"call": self.id, "status": status})
+            return
+        headers = [("Contact", self._calls.contact(self._source))]
+        if not refer.subscription:
+            headers.append(("Refer-Sub", "false"))  # RFC 4488 §4: no NOTIFYs will follow
+        respond(tid, make_response(request, 202, headers=tuple(headers)))
+        progress = TransferProgress(lambda status, reason: self._notify(refer, status, reason))
+        progress.report(100, "Trying")  # §2.4.4: the first NOTIFY follows the 202 at once
+        log.info(
+            "sip.call.refer_accepted",
+            extra={
+                "call": self.id,
+                "service": route.service.value,
+                "attended": bool(refer.replaces),
+            },
+        )
+        event = TransferRequested(
+            self, refer.target, route, refer.replaces, refer.referred_by, progress
+        )
+        try:
+            handler(event)
+        except Exception as error:
+            log.error("sip.call.transfer_handler_failed", extra={"error": type(error).__name__})
+            progress.report(500, "Server Internal Error")
+
+    def _notify(self, refer: ReferTo, status: int, reason: str) -> bool:
+        dialog = self.dialog
+        if self.state is CallState.ENDED or dialog is None:
+            return False
+        if not refer.subscription:
+            return True  # RFC 4488: the referrer wants no NOTIFY; the report is only recorded
+        request = dialog.create_request(
+            "NOTIFY",
+            self._calls.via(self._source),
+            headers=notify_headers(refer.event_id, status),
+            body=sipfrag(status, reason),
+        )
+        self._calls.send_in_dialog(self, request, self._source)
+        return True
+
+    def _on_notify(self, tid: TransactionId, request: SipRequest) -> None:
+        # We send no REFER, so no subscription of ours exists (RFC 6665 §4.1.3).
+        self._calls.service.respond(tid, make_response(request, 481, "No Such Subscription"))
 
     def _on_info(self, tid: TransactionId, request: SipRequest) -> None:
         digit = info_digit(request.content_type, request.body)
@@ -380,8 +519,9 @@ class CallLeg:
         self._calls.service.respond(tid, make_response(request, 200))
 
     def _on_reinvite(self, tid: TransactionId, request: SipRequest) -> None:
-        if self._ack_wait is not None:
-            self._calls.service.respond(tid, make_response(request, 491))  # RFC 3261 §14.2
+        if self._ack_wait is not None or self._reinvite_tid is not None:
+            # §14.2: an INVITE transaction of either side is in progress (glare if it is ours).
+            self._calls.service.respond(tid, make_response(request, 491))
             return
         if request.body:
             try:
@@ -398,7 +538,9 @@ class CallLeg:
                 return
             self._apply(answer.audio)
             self.local_sdp = answer.sdp
-        # Without an offer, ours goes in the 200 again (the answer in the ACK changes nothing).
+        else:
+            # Without an offer, ours goes in the 200 again; its answer comes in the ACK.
+            self._offer_in_2xx = self.local_sdp
         self._session_expires = _session_expires(request) if _supports_timer(request) else None
         response = self._answer_to(request, 200, body=bytes(self.local_sdp), session=True)
         self._calls.service.respond(tid, response)
@@ -408,7 +550,26 @@ class CallLeg:
         self._wait_for_ack(request, response, now, self._calls.source_of(tid, self._source))
         self._arm()
 
-    def _apply(self, audio: NegotiatedAudio) -> None:
+    def _take_ack_answer(self, ack: SipRequest) -> bool:
+        """Apply the answer an ACK carries to the offer in our 2xx; False if it has none usable."""
+        offer, self._offer_in_2xx = self._offer_in_2xx, None
+        assert offer is not None
+        try:
+            if (ack.content_type or "").split(";")[0].strip().lower() != SDP:
+                raise SdpError("the ACK has no SDP answer")
+            caps = dataclasses.replace(
+                self._calls.capabilities(self._ports),
+                codecs=(self.audio.codec.name,),
+                telephone_event_pt=self.audio.telephone_event_pt or 101,
+            )
+            audio = apply_answer(offer, SessionDescription.parse(ack.body), caps)
+        except SdpError as error:
+            log.info("sip.call.bad_ack_answer", extra={"call": self.id, "error": error.reason})
+            return False
+        self._apply(audio)
+        return True
+
+    def _apply(self, audio: NegotiatedAudio, *, by_peer: bool = True) -> None:
         previous, self.audio = self.audio, audio
         now = self._calls.now()
         remote = (audio.remote_address, audio.remote_port)
@@ -422,7 +583,7 @@ class CallLeg:
         held = not audio.direction.sends
         if held != self.transport.held or audio.direction != previous.direction:
             self.transport.held = held
-            self._emit(HoldChanged(held, audio.direction))
+            self._emit(HoldChanged(held, audio.direction, by_peer))
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -464,7 +625,8 @@ class CallLeg:
     def _send_bye(self, reason: EndReason) -> None:
         dialog = self.dialog
         assert dialog is not None
-        headers = (("Reason", BYE_REASONS.get(reason, BYE_REASONS[EndReason.LOCAL_HANGUP])),)
+        text = self._bye_reason or BYE_REASONS.get(reason, BYE_REASONS[EndReason.LOCAL_HANGUP])
+        headers = (("Reason", text),)
         bye = dialog.create_request("BYE", self._calls.via(self._source), headers=headers)
         dialog.terminate()
         self._calls.send_in_dialog(self, bye, self._source)
@@ -538,13 +700,15 @@ class CallLeg:
             self._timer.cancel()
             self._timer = None
         self._ack_wait = None
+        if self._reinvite_result is not None and not self._reinvite_result.done():
+            self._reinvite_result.set_result(None)
         self.transport.close()
         self._calls.ports.release(self._ports)
         self._calls.forget(self)
         if self._call_media is not None:
             self._call_media.hang_up()
         log.info("sip.call.ended", extra={"call": self.id, "reason": reason.value})
-        self._emit(CallEnded(reason))
+        self._emit(CallEnded(reason, self._peer_reason))
         self.ended.set()
 
 
@@ -553,6 +717,8 @@ _IN_DIALOG: dict[str, Callable[[CallLeg, TransactionId, SipRequest], None]] = {
     "INFO": CallLeg._on_info,
     "INVITE": CallLeg._on_reinvite,
     "OPTIONS": CallLeg._on_options,
+    "REFER": CallLeg._on_refer,
+    "NOTIFY": CallLeg._on_notify,
 }
 
 
@@ -565,6 +731,8 @@ class InboundCall(CallLeg):
         super().__init__(
             calls,
             call_id,
+            tenant_id=setup.offer.route.tenant_id,
+            identity=setup.offer.caller,
             source=setup.source,
             ports=setup.ports,
             transport=transport,
@@ -577,16 +745,31 @@ class InboundCall(CallLeg):
         self.transaction = setup.transaction
         self._invite = setup.invite
         self._session_expires = setup.session_expires
+        self._early_media = False
+        if setup.delayed:
+            self._offer_in_2xx = setup.answer.sdp
 
     # --- the service's surface ------------------------------------------------------------
 
-    def ring(self) -> None:
-        """Send 180 Ringing (no early media)."""
-        if self.state is not CallState.OFFERED:
+    def ring(self, *, early_media: bool = False) -> None:
+        """Send 180 Ringing, or with ``early_media`` 183 Session Progress with our SDP
+        answer: from then on what the leg sends (a relayed ringback, an announcement)
+        reaches the caller before the answer. Once per kind; a delayed-offer call
+        (our offer goes in the 200) only rings.
+        """
+        early_media = early_media and self._offer_in_2xx is None
+        # 180 then 183 is allowed: the callee's announcement may start after it rang.
+        upgrade = self.state is CallState.RINGING and early_media and not self._early_media
+        if self.state is not CallState.OFFERED and not upgrade:
             return
-        if not self._respond(self._response(180)):
+        if early_media:
+            response = self._response(183, body=bytes(self.local_sdp))
+        else:
+            response = self._response(180)
+        if not self._respond(response):
             self._finish(EndReason.CANCELLED)  # the INVITE transaction is over already
             return
+        self._early_media = self._early_media or early_media
         self.state = CallState.RINGING
 
     def answer(self) -> None:
@@ -614,13 +797,15 @@ class InboundCall(CallLeg):
         self._respond(self._response(status, reason))
         self._finish(EndReason.REJECTED)
 
-    def hang_up(self, reason: EndReason = EndReason.LOCAL_HANGUP) -> None:
+    def hang_up(
+        self, reason: EndReason = EndReason.LOCAL_HANGUP, reason_header: str | None = None
+    ) -> None:
         """End the call from our side: 480 before the answer, else BYE (after the ACK)."""
         if self.state in (CallState.OFFERED, CallState.RINGING):
             self._respond(self._response(480))
             self._finish(reason)
         else:
-            super().hang_up(reason)
+            super().hang_up(reason, reason_header)
 
     def cancelled(self) -> None:
         if self.state in (CallState.OFFERED, CallState.RINGING):
@@ -640,14 +825,6 @@ class InboundCall(CallLeg):
         return self._calls.service.respond(self.transaction, response)
 
 
-@dataclass(frozen=True, slots=True)
-class CallFailed:
-    """An outbound call that was not answered: the final status (408: no final response)."""
-
-    status: int
-    reason: str
-
-
 class OutboundCall(CallLeg):
     """A call we placed and the callee answered (ACK sent): media flows both ways."""
 
@@ -658,6 +835,7 @@ class OutboundCall(CallLeg):
         dialog: Dialog,
         *,
         tenant_id: str,
+        identity: CallerIdentity | None,
         source: Destination,
         ports: RtpPorts,
         transport: CallLegTransport,
@@ -668,6 +846,8 @@ class OutboundCall(CallLeg):
         super().__init__(
             calls,
             call_id,
+            tenant_id=tenant_id,
+            identity=identity,
             source=source,
             ports=ports,
             transport=transport,
@@ -675,97 +855,8 @@ class OutboundCall(CallLeg):
             local_sdp=local_sdp,
             tag=dialog.local.tag,
         )
-        self.tenant_id = tenant_id
         self.dialog = dialog
         self.confirmed.set()
-
-
-class _OutboundInvite:
-    """Our INVITE until its final response: digest retries (new CSeq, same Call-ID),
-    then the ACK for the 2xx, re-sent for every retransmission of it (§13.2.2.4)."""
-
-    def __init__(
-        self,
-        calls: SipCalls,
-        request: SipRequest,
-        destination: Destination,
-        digest: DigestClient | None,
-    ) -> None:
-        self.calls = calls
-        self.request = request
-        self.destination = destination
-        self.digest = digest
-        self.attempt: AuthAttempt | None = None
-        self.result: asyncio.Future[SipResponse | CallFailed] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.dialog: Dialog | None = None
-        self.ack: SipRequest | None = None
-        self.transactions: list[TransactionId] = []
-
-    @property
-    def transaction(self) -> TransactionId:
-        return self.transactions[-1]
-
-    def send(self) -> None:
-        tid = self.calls.service.send_request(self.request, self.destination)
-        self.transactions.append(tid)
-        self.calls.track_client(tid, self)
-
-    def client_event(self, event: ResponseReceived | TransactionTimedOut | TransportFailed) -> None:
-        if not isinstance(event, ResponseReceived):
-            self._fail(408, "Request Timeout")
-            return
-        response = event.response
-        if response.status < 200:
-            return
-        if response.status < 300:
-            self._accepted(response)
-        elif not self._retry_with_credentials(response):
-            self._fail(response.status, response.reason)
-
-    def _accepted(self, response: SipResponse) -> None:
-        if self.dialog is None:
-            self.dialog = Dialog.as_uac(self.request, response, self.calls.now())
-            via = self.calls.via(self.destination)
-            self.ack = self.dialog.create_ack(self.request.cseq.seq, via)
-        assert self.ack is not None
-        hop = self.calls.hop(self.dialog, self.destination)
-        self.calls.service.send_stateless(self.ack, hop)
-        if not self.result.done():
-            self.result.set_result(response)
-
-    def _retry_with_credentials(self, response: SipResponse) -> bool:
-        challenge = CHALLENGE_HEADERS.get(response.status)
-        if challenge is None or self.digest is None:
-            return False
-        answer = self.digest.respond(
-            response.status,
-            response.headers.get_all(challenge[0]),
-            method="INVITE",
-            uri=str(self.request.uri),
-            target_host=self.destination.host,
-            attempt=self.attempt,
-        )
-        if not isinstance(answer, AuthorizationHeader):
-            return False
-        self.attempt = answer.attempt
-        headers = (
-            self.request.headers.set(
-                "Via", f"{self.calls.via(self.destination)};branch={new_branch()}"
-            )
-            .set("CSeq", f"{self.request.cseq.seq + 1} INVITE")
-            .set(answer.name, answer.value)
-        )
-        self.request = SipRequest(
-            method="INVITE", uri=self.request.uri, headers=headers, body=self.request.body
-        )
-        self.send()
-        return True
-
-    def _fail(self, status: int, reason: str) -> None:
-        if not self.result.done():
-            self.result.set_result(CallFailed(status, reason))
 
 
 class SipCalls:
@@ -789,8 +880,8 @@ class SipCalls:
         self.calls: dict[str, CallLeg] = {}
         self._by_invite: dict[TransactionId, InboundCall] = {}
         self._by_dialog: dict[DialogId, CallLeg] = {}
-        self._by_client: dict[TransactionId, CallLeg | _OutboundInvite] = {}
-        self._outbound: dict[str, _OutboundInvite] = {}
+        self._by_client: dict[TransactionId, CallLeg | OutboundInvite] = {}
+        self._outbound: dict[str, OutboundInvite] = {}
         self._sources: dict[TransactionId, Destination] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -842,11 +933,18 @@ class SipCalls:
         if owner is None:
             return
         final = not isinstance(event, ResponseReceived) or event.response.status >= 200
-        if final and isinstance(owner, CallLeg):
-            del self._by_client[event.transaction]  # our BYE: one answer is all we wait for
+        invite_2xx = (
+            isinstance(event, ResponseReceived)
+            and event.response.cseq.method == "INVITE"
+            and 200 <= event.response.status < 300
+        )
+        if final and not invite_2xx and isinstance(owner, CallLeg):
+            # Our BYE/NOTIFY: one answer is all we wait for. A re-INVITE's 2xx may come
+            # again (its ACK is resent), so that one stays until the call ends.
+            del self._by_client[event.transaction]
         owner.client_event(event)
 
-    def track_client(self, transaction: TransactionId, owner: CallLeg | _OutboundInvite) -> None:
+    def track_client(self, transaction: TransactionId, owner: CallLeg | OutboundInvite) -> None:
         self._by_client[transaction] = owner
 
     # --- placing calls --------------------------------------------------------------------------
@@ -860,12 +958,19 @@ class SipCalls:
         tenant_id: str,
         digest: DigestClient | None = None,
         answer_timeout: float = 60.0,
+        identity: CallerIdentity | None = None,
+        on_progress: Callable[[CallProgress], None] | None = None,
     ) -> OutboundCall | CallFailed:
         """Call ``target`` through ``destination`` (a trunk, or a registered contact's source).
 
         ``caller`` is our From URI; ``digest`` answers the far end's 401/407 with the trunk's
         credentials, and only when :func:`~voicegw.sip.digest.credential_guard` allows
         it. Unanswered after ``answer_timeout`` seconds, the INVITE is cancelled.
+        ``identity`` is who the callee is (e.g. the tenant user called), which lets it
+        transfer the call later (REFER); None: it may not. ``on_progress`` hears every
+        provisional response above 100 (:class:`CallProgress`): a 18x with SDP opens the
+        leg's media early (the callee's ringback or announcement arrives on
+        ``early_media``) and the answered call keeps using it.
         """
         try:
             ports = self.ports.allocate()
@@ -888,31 +993,37 @@ class SipCalls:
         request = SipRequest(
             method="INVITE", uri=target, headers=Headers.of(pairs), body=bytes(offer)
         )
-        pending = _OutboundInvite(self, request, destination, digest)
+        pending = OutboundInvite(self, request, destination, digest)
+        early = EarlyMedia(self, offer, caps, ports, on_progress)
+        pending.on_provisional = early.provisional
         call_id = f"call-{next(self._ids)}"
         self._outbound[call_id] = pending
         pending.send()
         try:
             result = await self._final(pending, answer_timeout)
             if isinstance(result, CallFailed):
+                await early.close()
                 self._forget_outbound(call_id)
                 self.ports.release(ports)
                 return result
-            return await self._outbound_leg(call_id, pending, result, offer, caps, ports, tenant_id)
+            leg = LegParts(offer, caps, ports, tenant_id, identity)
+            return await self._outbound_leg(call_id, pending, result, leg, early)
         except asyncio.CancelledError:
             if not pending.result.done():
                 # Whoever placed the call gave up (a bridged caller hung up): CANCEL (§9.1).
                 self.service.cancel(pending.transaction)
+            await asyncio.shield(early.close())
             self._forget_outbound(call_id)
             self.ports.release(ports)
             raise
         except BaseException:
+            await early.close()
             self._forget_outbound(call_id)
             self.ports.release(ports)
             raise
 
     async def _final(
-        self, pending: _OutboundInvite, answer_timeout: float
+        self, pending: OutboundInvite, answer_timeout: float
     ) -> SipResponse | CallFailed:
         try:
             return await asyncio.wait_for(asyncio.shield(pending.result), answer_timeout)
@@ -924,19 +1035,26 @@ class SipCalls:
     async def _outbound_leg(
         self,
         call_id: str,
-        pending: _OutboundInvite,
+        pending: OutboundInvite,
         response: SipResponse,
-        offer: SessionDescription,
-        caps: MediaCapabilities,
-        ports: RtpPorts,
-        tenant_id: str,
+        parts: LegParts,
+        early: EarlyMedia,
     ) -> OutboundCall | CallFailed:
         dialog = pending.dialog
         assert dialog is not None
+        offer, caps, ports, tenant_id = parts.offer, parts.caps, parts.ports, parts.tenant_id
+        transport = await early.opened()
         try:
-            audio = apply_answer(offer, SessionDescription.parse(response.body), caps)
-            leg_config = self._leg_config(audio)
+            if response.body or early.audio is None:
+                audio = apply_answer(offer, SessionDescription.parse(response.body), caps)
+            else:
+                audio = early.audio  # §13.2.1: the 18x's SDP was the answer
+            if early.audio is not None and audio.codec != early.audio.codec:
+                raise SdpError("the 2xx answer changed the early media's codec")
+            leg_config = self.leg_config_for(audio)
         except SdpError:
+            if transport is not None:
+                transport.close()
             # Acknowledged already (§13.2.2.4); an answer we cannot use ends the call at once.
             reason = (("Reason", 'SIP;cause=488;text="Unusable SDP answer"'),)
             bye = dialog.create_request("BYE", self.via(pending.destination), headers=reason)
@@ -945,14 +1063,22 @@ class SipCalls:
             self._forget_outbound(call_id)
             self.ports.release(ports)
             return CallFailed(488, "Not Acceptable Here")
-        leg = MediaLeg(leg_config, self.now())
-        transport = await CallLegTransport.open(leg, ports)
-        assert isinstance(transport, CallLegTransport)
+        if transport is None:
+            opened = await CallLegTransport.open(MediaLeg(leg_config, self.now()), ports)
+            assert isinstance(opened, CallLegTransport)
+            transport = opened
+        elif early.audio is not None and (audio.remote_address, audio.remote_port) != (
+            early.audio.remote_address,
+            early.audio.remote_port,
+        ):
+            transport.leg.relearn(self.now(), (audio.remote_address, audio.remote_port))
+        transport.peer = None  # an early-media relay ends with the answer; the bridge re-decides
         call = OutboundCall(
             self,
             call_id,
             dialog,
             tenant_id=tenant_id,
+            identity=parts.identity,
             source=pending.destination,
             ports=ports,
             transport=transport,
@@ -1020,10 +1146,15 @@ class SipCalls:
             headers = (("Min-SE", str(minimum)),)
             self.service.respond(tid, make_response(request, 422, headers=headers))
             return
+        # Delayed offer (§13.2.1): no body at all; our offer goes in the 200, the answer in the ACK.
+        delayed = not request.body and request.content_type is None
         try:
-            if (request.content_type or "").split(";")[0].strip().lower() != SDP:
-                raise SdpError("an SDP offer is required in the INVITE")
-            offer = SessionDescription.parse(request.body)
+            if delayed:
+                offer = None
+            elif (request.content_type or "").split(";")[0].strip().lower() != SDP:
+                raise SdpError("the INVITE body is not SDP")
+            else:
+                offer = SessionDescription.parse(request.body)
         except SdpError as error:
             self.service.respond(tid, self.not_acceptable(request, error))
             return
@@ -1034,10 +1165,17 @@ class SipCalls:
             self.service.respond(tid, make_response(request, 503, headers=retry))
             return
         try:
-            answer = answer_offer(
-                offer, self.capabilities(ports), new_origin(self.config.media_address)
-            )
-            leg_config = self._leg_config(answer.audio)
+            if offer is None:
+                answer = self._delayed_offer(ports)
+                # Nowhere to send until the ACK's answer says where (counted as unsent).
+                leg_config = dataclasses.replace(
+                    self.leg_config_for(answer.audio), remote_rtp=None, remote_rtcp=None
+                )
+            else:
+                answer = answer_offer(
+                    offer, self.capabilities(ports), new_origin(self.config.media_address)
+                )
+                leg_config = self.leg_config_for(answer.audio)
         except SdpError as error:
             self.ports.release(ports)
             self.service.respond(tid, self.not_acceptable(request, error))
@@ -1050,8 +1188,36 @@ class SipCalls:
             route=route,
             remote_sdp=offer,
         )
-        setup = CallSetup(tid, request, source, call_offer, ports, answer, session_expires)
-        self._spawn(self._start(setup, leg_config, handler))
+        setup = CallSetup(
+            tid, request, source, call_offer, ports, answer, session_expires, delayed=delayed
+        )
+        self.spawn(self._start(setup, leg_config, handler))
+
+    def _delayed_offer(self, ports: RtpPorts) -> Answer:
+        """Our offer for an INVITE without one, and what the leg assumes until the answer.
+
+        Only our first codec is offered, so the answer cannot pick one the leg was
+        not built for; the address and port are learnt from the ACK's answer.
+        """
+        caps = dataclasses.replace(
+            self.capabilities(ports, self.config.offer_srtp), codecs=self.config.codecs[:1]
+        )
+        offer = create_offer(caps, new_origin(self.config.media_address))
+        codec = CODECS[caps.codecs[0].lower()]
+        assert codec.static_pt is not None  # every codec in CODECS has one
+        assumed = NegotiatedAudio(
+            media_index=0,
+            remote_address="",  # unknown until the answer
+            remote_port=0,
+            remote_rtcp_port=0,
+            rtcp_mux=caps.rtcp_mux,
+            codec=codec,
+            payload_type=codec.static_pt,
+            telephone_event_pt=caps.telephone_event_pt,
+            ptime=caps.ptime,
+            direction=caps.direction,
+        )
+        return Answer(offer, assumed)
 
     async def _start(self, setup: CallSetup, leg_config: LegConfig, handler: CallHandler) -> None:
         tid, request, ports = setup.transaction, setup.invite, setup.ports
@@ -1089,7 +1255,8 @@ class SipCalls:
             else:
                 call.hang_up(EndReason.FAILED)
 
-    def _leg_config(self, audio: NegotiatedAudio) -> LegConfig:
+    def leg_config_for(self, audio: NegotiatedAudio) -> LegConfig:
+        """The media leg's configuration for what offer/answer agreed (SdpError: no codec)."""
         codec = codec_by_name(audio.codec.name)
         if codec is None:
             raise SdpError("negotiated codec has no media implementation")
@@ -1104,7 +1271,9 @@ class SipCalls:
             wallclock_offset=wallclock_offset(loop),
         )
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` as a task the layer keeps (and cancels on :meth:`close`)."""
+
         async def run() -> None:
             await work
 
@@ -1156,10 +1325,13 @@ class SipCalls:
         transport = (hop.transport or source.transport).upper()
         return Destination(hop.host_bare, hop.port or 5060, transport)
 
-    def send_in_dialog(self, call: CallLeg, request: SipRequest, source: Destination) -> None:
+    def send_in_dialog(
+        self, call: CallLeg, request: SipRequest, source: Destination
+    ) -> TransactionId:
         assert call.dialog is not None
         tid = self.service.send_request(request, self.hop(call.dialog, source))
         self._by_client[tid] = call
+        return tid
 
     def register_dialog(self, call: CallLeg) -> None:
         assert call.dialog is not None
@@ -1172,6 +1344,8 @@ class SipCalls:
         self._forget_outbound(call.id)
         if call.dialog is not None:
             self._by_dialog.pop(call.dialog.id, None)
+        for tid in [tid for tid, owner in self._by_client.items() if owner is call]:
+            del self._by_client[tid]
 
 
 __all__ = [
@@ -1185,6 +1359,7 @@ __all__ = [
     "CallLeg",
     "CallLegTransport",
     "CallOffer",
+    "CallProgress",
     "CallSetup",
     "CallState",
     "EndReason",

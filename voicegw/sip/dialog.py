@@ -324,6 +324,21 @@ class Dialog:
         return SipRequest(method=method, uri=uri, headers=Headers.of(pairs), body=body)
 
 
+# --- §14.1: re-INVITE glare ---------------------------------------------------------------------
+
+
+def glare_retry_delay(owns_call_id: bool, fraction: float) -> float:
+    """§14.1: how long to wait after a 491 before sending the re-INVITE again.
+
+    The side that generated the Call-ID (the dialog's original UAC) waits
+    2.1-4 s, the other 0-2 s, so the two never collide twice in a row.
+    ``fraction`` is a random number in [0, 1) chosen by the caller (no
+    randomness here, so tests are exact).
+    """
+    low, high = (2.1, 4.0) if owns_call_id else (0.0, 2.0)
+    return low + (high - low) * min(max(fraction, 0.0), 1.0)
+
+
 # --- §13.3.1.4: the UAS resends its 2xx until the ACK ------------------------------------------
 
 
