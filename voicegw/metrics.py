@@ -9,3 +9,8 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_LATENCY = Histogram("voicegw_http_request_seconds", "Admin API request latency", ["route"])
 AUDIT_EVENTS = Counter("voicegw_audit_events_total", "Audit events appended", ["action"])
+PROCESSING_RECORDS = Counter(
+    "voicegw_processing_records_total",
+    "Speech-provider processing records by fate (written, dropped: queue full, failed: refused)",
+    ["fate"],
+)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from voicegw.consent.answers import PHRASES as BUILT_IN_ANSWERS
 from voicegw.regions import REGIONS
 
 RecordingMode = Literal["off", "notify", "opt_in", "opt_out"]
@@ -22,6 +23,9 @@ TransferMechanism = Literal["adequacy", "scc", "bcr"]  # voicegw.privacy.regions
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _DTMF_KEYS = re.compile(r"^[0-9*#]{1,4}$")
 _SUBPROCESSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_ANSWER_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+#: Words of letters with inner apostrophes ("don't"), one space between words.
+_ANSWER_PHRASE = re.compile(r"^[^\W\d_]+(?:'[^\W\d_]+)*(?: [^\W\d_]+(?:'[^\W\d_]+)*){0,7}$")
 
 
 class _Model(BaseModel):
@@ -50,6 +54,39 @@ class ConsentPrompt(_Model):
         return self
 
 
+def _answer_phrases(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Lower-case, single-spaced, each once: the form recognisers return words in."""
+    out: list[str] = []
+    for raw in value:
+        phrase = " ".join(raw.lower().replace("\u2019", "'").split())
+        if len(phrase) > 64 or not _ANSWER_PHRASE.match(phrase):
+            raise ValueError(
+                f"{raw!r} is not an answer phrase: 1 to 8 words of letters "
+                "(apostrophes inside words allowed), at most 64 characters"
+            )
+        out.append(phrase)
+    return tuple(dict.fromkeys(out))
+
+
+class SpokenAnswers(_Model):
+    """The spoken answers a caller may give in one language; anything else is no answer."""
+
+    yes: tuple[str, ...] = Field(min_length=1, max_length=50)
+    no: tuple[str, ...] = Field(min_length=1, max_length=50)
+
+    @field_validator("yes", "no")
+    @classmethod
+    def _phrases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _answer_phrases(value)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SpokenAnswers:
+        both = sorted(set(self.yes) & set(self.no))
+        if both:
+            raise ValueError(f"phrases cannot mean both yes and no: {', '.join(both)}")
+        return self
+
+
 class ConsentCapture(_Model):
     """How a caller's answer is captured."""
 
@@ -60,6 +97,23 @@ class ConsentCapture(_Model):
     timeout_seconds: int = Field(default=10, ge=2, le=60)
     #: Key sequence that withdraws consent mid-call.
     withdraw_sequence: str = Field(default="*9", pattern=_DTMF_KEYS.pattern)
+    #: Spoken answers per language (ISO 639 code of the prompt's language, e.g. "en").
+    #: A language missing here uses the built-in answer table. A short list is both
+    #: stricter and, for a grammar-mode recogniser, more confident.
+    spoken_answers: dict[str, SpokenAnswers] = Field(default_factory=dict, max_length=20)
+    #: Recognised speech below this confidence is no answer (re-asked or timed out).
+    min_speech_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
+
+    @field_validator("spoken_answers")
+    @classmethod
+    def _answer_languages(cls, value: dict[str, SpokenAnswers]) -> dict[str, SpokenAnswers]:
+        for language in value:
+            if not _ANSWER_LANGUAGE.match(language):
+                raise ValueError(
+                    f"{language!r} is not a language code: use the prompt language's "
+                    "ISO 639 code, e.g. en"
+                )
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -108,6 +162,21 @@ class TenantSettings(_Model):
     transcription_enabled: bool = False
     approved_subprocessors: tuple[str, ...] = ()
     cross_border: CrossBorder = CrossBorder()
+
+    @model_validator(mode="after")
+    def _spoken_answers_for_prompt_language(self) -> TenantSettings:
+        capture = self.consent_capture
+        language = self.consent_prompt.language.split("-")[0]
+        if (
+            "speech" in capture.methods
+            and language not in capture.spoken_answers
+            and language not in BUILT_IN_ANSWERS
+        ):
+            raise ValueError(
+                f"spoken answers in {language!r} need consent_capture.spoken_answers.{language} "
+                f"(built-in: {', '.join(sorted(BUILT_IN_ANSWERS))})"
+            )
+        return self
 
     @field_validator("region")
     @classmethod

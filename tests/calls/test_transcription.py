@@ -184,6 +184,8 @@ async def test_asr_receives_exactly_the_speech_segments_and_no_other_sample() ->
     # One record for the provider's use, counting exactly the audio it was sent.
     (record,) = records
     assert (record.provider, record.outcome) == ("keeping-local", Outcome.OK)
+    # Whose audio it was and the rule it was processed under (on the node: nothing left).
+    assert (record.party, record.basis) == ("caller", "on_node")
     assert record.audio_seconds == pytest.approx(sent / RATE)
     # Finals on the call's clock, labelled with the speaker.
     assert [(e.kind, e.party) for e in events] == [(TranscriptKind.FINAL, "caller")] * 2
@@ -260,6 +262,7 @@ async def test_pocketsphinx_grammar_hears_yes_i_agree_through_the_pipeline_at_8k
     assert (record.provider, record.subprocessor, record.purpose) == (
         "pocketsphinx-local", None, Purpose.ASR,
     )  # fmt: skip
+    assert (record.party, record.basis, record.locations) == ("caller", "on_node", ())
 
 
 async def test_transcription_off_opens_no_asr_stream_and_the_call_goes_on() -> None:
@@ -323,3 +326,104 @@ async def test_each_party_gets_its_own_stream_and_label() -> None:
     events = await collect(subscription)
     assert sorted(e.party for e in events) == ["agent", "caller"]
     assert asr.opened == 2
+
+
+# --- live mode: partial results while the caller is still speaking --------------------------
+
+
+async def test_live_mode_sends_speech_as_it_is_spoken_and_still_never_the_silences() -> None:
+    answer = espeak("yes i agree to the recording of this call")
+    audio = silence(2.0) + answer + silence(1.5) + espeak("no") + silence(1.0)
+    expected = reference_segments(audio)
+    asr, records = KeepingAsr(), list[ProcessingRecord]()
+    target = transcriber(registry_of(asr), records, live=True)
+    subscription = target.subscribe()
+    speech_ends = CALL_START + (len(silence(2.0) + answer) // 2) / RATE
+    sent_while_speaking = 0
+    for i, frame in enumerate(frames(audio)):
+        now = CALL_START + i * 0.02
+        target.push("caller", frame, now)
+        await asyncio.sleep(0)  # the ASR worker runs between frames, as on a live call
+        if now < speech_ends - 0.5:
+            sent_while_speaking = len(asr.received)
+    await target.aclose()
+    events = await collect(subscription)
+
+    # Audio reached the ASR half a second before the words ended, not after the segment.
+    assert sent_while_speaking > RATE  # > 0.5 s of audio in bytes
+    assert len(asr.utterances) == len(expected) == 2
+    speech = (len(answer) + len(espeak("no"))) // 2
+    sent = len(asr.received) // 2
+    # Per utterance at most its pre-roll, the VAD's smoothing and the hang-over beyond speech.
+    vad = VadSettings()
+    margin = 2 * int((vad.pre_roll_ms + vad.hangover_ms) / 1000 * RATE + 0.15 * RATE)
+    assert speech <= sent <= speech + margin  # the silences between never left
+    assert target.stats("caller").samples_sent == sent
+    # Each utterance starts at its pre-roll on the call's clock, as in segment mode.
+    for event, segment in zip(events, expected, strict=True):
+        assert event.start == pytest.approx(segment.start, abs=0.03)
+    (record,) = records
+    assert record.audio_seconds == pytest.approx(sent / RATE)
+
+
+async def test_live_mode_stops_sending_the_moment_the_gate_closes() -> None:
+    card = espeak("my card number is four one one one two two two two")
+    audio = silence(1.0) + card + silence(1.0)
+    gate = consenting_gate()
+    asr, records = KeepingAsr(), list[ProcessingRecord]()
+    target = transcriber(registry_of(asr), records, sinks_open=gate.sinks_open, live=True)
+    paused_at = CALL_START + 1.0 + 1.0  # one second into the card number
+    sent_before_pause = 0
+    for i, frame in enumerate(frames(audio)):
+        now = CALL_START + i * 0.02
+        if paused_at <= now < paused_at + 0.02:
+            gate.pause_all(now)
+            sent_before_pause = len(asr.received)
+        target.push("caller", frame, now)
+        await asyncio.sleep(0)
+    await target.aclose()
+
+    assert sent_before_pause > 0  # live: the start of the utterance had gone out
+    assert len(asr.received) == sent_before_pause  # not one frame after the pause
+    assert len(asr.utterances) == 1  # ended where the gate closed
+
+
+async def test_pocketsphinx_partials_reach_subscribers_while_the_caller_speaks() -> None:
+    local = PocketsphinxAsr(partial_interval=0.3)
+    records: list[ProcessingRecord] = []
+    sentence = "yes i agree to the recording of this call"
+    words = espeak(sentence)
+    audio = silence(1.0) + words + silence(1.0)
+    speech_ends = CALL_START + (len(silence(1.0) + words) // 2) / RATE
+    pushed_until = CALL_START
+    partials: list[tuple[TranscriptEvent, float]] = []
+    try:
+        await local.warm_up()  # the worker's model is loaded before the call, as in serve
+        # Generic mode: a grammar of whole sentences has no hypothesis for half of one.
+        target = transcriber(registry_of(local), records, live=True, flush_timeout=30.0)
+        subscription = target.subscribe()
+
+        async def listen() -> list[TranscriptEvent]:
+            seen = []
+            async for event in subscription:
+                if event.kind is TranscriptKind.PARTIAL:
+                    partials.append((event, pushed_until))
+                seen.append(event)
+            return seen
+
+        listening = asyncio.create_task(listen())
+        for i, frame in enumerate(frames(audio)):
+            pushed_until = CALL_START + (i + 1) * 0.02
+            target.push("caller", frame, pushed_until - 0.02)
+            await asyncio.sleep(0.02)  # real time: the caller is speaking
+        await target.aclose()
+        events = await asyncio.wait_for(listening, 60)
+    finally:
+        await local.aclose()
+    assert partials, events
+    first, heard_at = partials[0]
+    assert heard_at < speech_ends  # a partial result before the words were over
+    assert (first.party, first.text != "") == ("caller", True)
+    assert first.start >= CALL_START + 0.5  # on the call's clock, near the words' start
+    assert events[-1].kind is TranscriptKind.FINAL and events[-1].text
+    assert all(e.kind is TranscriptKind.PARTIAL for e in events[:-1])

@@ -171,3 +171,21 @@ def test_tts_selection_uses_the_same_rules() -> None:
     selection = select_provider(request, [AZURE, ELEVENLABS, LOCAL_TTS])
     assert [c.name for c in selection.eligible] == ["elevenlabs", "espeak-local"]
     assert codes(selection, "azure") == [RefusalCode.REGION_NOT_PERMITTED]
+
+
+def test_every_eligible_provider_carries_the_rule_it_is_allowed_on() -> None:
+    request = asr_request(
+        approved_subprocessors=frozenset({"azure", "tencent"}),
+        cross_border_allowed=True,
+        transfer_mechanism=TransferMechanism.SCC,
+    )
+    selection = select_provider(request, [AZURE, TENCENT_EU, LOCAL_ASR])
+    assert dict(selection.bases) == {
+        "azure": "cross_border_scc",  # Southeast Asia, from an EU tenant, under SCCs
+        "tencent-eu": "in_region",
+        "pocketsphinx-local": "on_node",
+    }
+    # Refused candidates get no basis: nothing may be processed on their account.
+    assert dict(select_provider(asr_request(), [AZURE, LOCAL_ASR]).bases) == {
+        "pocketsphinx-local": "on_node"
+    }

@@ -17,12 +17,7 @@ from typing import Any
 import pytest
 
 from tests.speech.standins.azure_usp import UspStandIn
-from voicegw.asr.azure import (
-    AzureAsr,
-    AzureSpeechSettings,
-    azure_asr,
-    location_of_region,
-)
+from voicegw.asr.azure import AzureAsr, azure_asr
 from voicegw.asr.base import AsrStream, TranscriptEvent, TranscriptKind
 from voicegw.asr.failover import FailoverAsr
 from voicegw.asr.pocketsphinx_local import PocketsphinxAsr
@@ -33,6 +28,7 @@ from voicegw.privacy.processing import Outcome, ProcessingContext, ProcessingRec
 from voicegw.privacy.regions import policy_region
 from voicegw.privacy.selection import SelectionRequest, select_provider
 from voicegw.privacy.subprocessors import SubprocessorConfigError, load_subprocessors
+from voicegw.speech_vendors.azure_common import AzureSpeechSettings, location_of_region
 
 SUBPROCESSORS = load_subprocessors(Path(__file__).parents[2] / "config" / "subprocessors.toml")
 CONTEXT = ProcessingContext(call_id="call-1", tenant="tenant-a")

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from tests.speech.standins.azure_usp import UspStandIn
-from voicegw.asr.azure import AzureSpeechSettings
 from voicegw.privacy.capabilities import Purpose
 from voicegw.privacy.errors import ProviderError
 from voicegw.privacy.processing import Outcome, ProcessingContext, ProcessingRecord
 from voicegw.privacy.subprocessors import load_subprocessors
+from voicegw.speech_vendors.azure_common import AzureSpeechSettings
 from voicegw.tts.azure import AzureTts, azure_tts
 from voicegw.tts.espeak_local import EspeakTts
 from voicegw.tts.failover import FailoverTts

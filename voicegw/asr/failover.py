@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from voicegw.asr.base import AsrProvider, AsrStream, QueuedAsrStream, TranscriptKind
 from voicegw.privacy.capabilities import ProviderCapabilities, Purpose
 from voicegw.privacy.errors import NoProviderAvailableError, ProviderError, ProviderTimeoutError
-from voicegw.privacy.processing import Outcome, ProcessingContext, ProcessingRecord, RecordSink
+from voicegw.privacy.failover import ProviderChain
+from voicegw.privacy.processing import Outcome, ProcessingContext, RecordSink
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class _Use:
     audio_seconds: float = 0.0
 
 
-class FailoverAsr(AsrProvider):
+class FailoverAsr(ProviderChain[AsrProvider], AsrProvider):
     """An :class:`AsrProvider` over ``providers`` in order; its capabilities are the first's."""
 
     def __init__(
@@ -58,18 +59,9 @@ class FailoverAsr(AsrProvider):
         flush_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not providers:
-            raise NoProviderAvailableError()
-        self.providers = tuple(providers)
-        self._context = context
-        self._on_record = on_record
+        super().__init__(providers, context=context, on_record=on_record, clock=clock)
         self._open_timeout = open_timeout
         self._flush_timeout = flush_timeout
-        self._clock = clock
-
-    @property
-    def capabilities(self) -> ProviderCapabilities:
-        return self.providers[0].capabilities
 
     async def open_stream(
         self,
@@ -238,17 +230,14 @@ class FailoverAsrStream(QueuedAsrStream):
         audio_seconds: float,
         error: ProviderError | None,
     ) -> None:
-        self._owner._on_record(
-            ProcessingRecord.for_provider(
-                self._owner._context,
-                provider.capabilities,
-                Purpose.ASR,
-                started=started,
-                ended=self._owner._clock(),
-                outcome=outcome,
-                audio_seconds=audio_seconds,
-                error_status=None if error is None else error.status,
-            )
+        self._owner._record_use(
+            provider,
+            Purpose.ASR,
+            started=started,
+            outcome=outcome,
+            error=error,
+            audio_seconds=audio_seconds,
+            party=self.party,
         )
 
 

@@ -13,16 +13,23 @@ caller's audio leaves the node or is kept here, so the consent gate is not asked
 same call that delivered the confirming frame and records the latency from the
 speech onset (``SpeechStart.t``) to the cancellation on the controller's clock
 (the media clock in a call, a controllable one in tests).
+
+:func:`play_with_barge_in` is the live wiring: it plays a source to a call's caller
+and feeds the caller's tapped frames to a controller until the prompt has ended
+or been interrupted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from voicegw.media.playback import Playback, PlaybackResult
-from voicegw.media.taps import TapFrame
+from voicegw.calls.call_media import CallMedia
+from voicegw.media.playback import Playback, PlaybackResult, PlaybackSource
+from voicegw.media.taps import TapConsumer, TapFrame
 from voicegw.media.vad import SpeechStart, VadSegmenter, VadSettings
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "BargeInDetector",
     "BargeInRecord",
     "Interruptible",
+    "play_with_barge_in",
 ]
 
 #: Fast detection: 60 ms of voice starts a barge-in; no pre-roll is needed (no ASR
@@ -166,3 +174,28 @@ class BargeInController:
         if frame.party != self.detector.party:
             return None
         return self.push(frame.pcm, frame.time)
+
+
+async def play_with_barge_in(
+    media: CallMedia, source: PlaybackSource, controller: BargeInController
+) -> PlaybackResult:
+    """Play ``source`` to the caller; the caller's speech over it cancels it.
+
+    The caller's frames reach the controller straight from the media tap, so the
+    cancellation lands on the tick that confirmed the speech and no prompt frame
+    follows it. Returns how the playback ended (``CANCELLED`` on barge-in).
+    """
+    frames = media.frames()
+    listening = asyncio.create_task(_feed(frames, controller), name="barge-in")
+    try:
+        return await controller.guard(media.play(source))
+    finally:
+        frames.close()
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+
+
+async def _feed(frames: TapConsumer, controller: BargeInController) -> None:
+    async for frame in frames:  # ends when the call (or the prompt) does
+        controller.push_frame(frame)

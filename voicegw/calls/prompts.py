@@ -174,7 +174,9 @@ class PromptSynthesizer:
         )
         return cls(
             plan.providers,
-            context=ProcessingContext(call_id=call.call_id, tenant=call.tenant),
+            context=ProcessingContext(
+                call_id=call.call_id, tenant=call.tenant, bases=plan.decision.bases
+            ),
             on_record=on_record,
             cache=cache,
             sample_rate=sample_rate,
@@ -219,9 +221,7 @@ class PromptSynthesizer:
         if not task.cancelled():
             task.exception()  # retrieved here, so an error nobody awaited is not logged
 
-    async def _synthesize(
-        self, key: PromptKey, text: str, language: str
-    ) -> tuple[_Entry, str]:
+    async def _synthesize(self, key: PromptKey, text: str, language: str) -> tuple[_Entry, str]:
         self.synthesized += 1
         served: list[str] = []
 

@@ -108,6 +108,8 @@ class SpeechDecision:
     eligible: tuple[str, ...]  # provider names, first = the choice
     refused: tuple[ProviderRefusal, ...]
     disabled: DisabledReason | None
+    #: eligible provider name -> the rule it is allowed on ("on_node", "in_region", ...).
+    bases: tuple[tuple[str, str], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +166,7 @@ def plan_speech(
     purpose, switch = FEATURES[feature]
     refused: tuple[ProviderRefusal, ...] = ()
     providers: tuple[P, ...] = ()
+    bases: tuple[tuple[str, str], ...] = ()
     if not switch(settings):
         disabled: DisabledReason | None = DisabledReason.TENANT_DISABLED
     else:
@@ -185,6 +188,7 @@ def plan_speech(
             )
             for r in selection.refused
         )
+        bases = selection.bases
         disabled = None if providers else DisabledReason.NO_ELIGIBLE_PROVIDER
     decision = SpeechDecision(
         call_id=call.call_id,
@@ -196,6 +200,7 @@ def plan_speech(
         eligible=tuple(p.capabilities.name for p in providers),
         refused=refused,
         disabled=disabled,
+        bases=bases,
     )
     _log(decision)
     if on_decision is not None:

@@ -8,6 +8,15 @@ the provider receives the segment's samples and nothing of the silence, the
 hang-over or the audio around it. The price is that interim results cover a
 segment only once it has ended; the final arrives one decode after the speech.
 
+``live=True`` trades that exactness for partial results while the caller is still
+speaking (the agent's live-transcript panel): once the VAD confirms speech, the
+utterance so far (pre-roll included) goes to the ASR and every further frame
+follows as it arrives, until the VAD ends the utterance and the stream is
+flushed. Still only speech leaves: silence between utterances is never sent, but
+up to the VAD's hang-over of trailing non-speech is, since it is sent before the
+VAD knows it is trailing. A gate that closes mid-utterance stops the audio at
+once and ends the utterance there (what was sent was allowed when spoken).
+
 The consent gate is asked for every frame (``sinks_open(party)``). While it is
 closed — secure pause, withdrawal, a party without consent — frames are not
 even classified, an utterance in progress is discarded (never flushed), and
@@ -44,7 +53,7 @@ from voicegw.calls.speech_policy import (
     plan_speech,
 )
 from voicegw.media.taps import TapFrame
-from voicegw.media.vad import Segment, VadSegmenter, VadSettings
+from voicegw.media.vad import Segment, SpeechStart, VadEvent, VadSegmenter, VadSettings
 from voicegw.privacy.capabilities import Purpose
 from voicegw.privacy.errors import ProviderError
 from voicegw.privacy.processing import ProcessingContext, RecordSink
@@ -64,6 +73,8 @@ SinksOpen = Callable[[str], bool]
 
 _PUSH_MS = 20  # segments go to the provider in frames of this size, as a live stream would
 _SPANS_KEPT = 64  # segments whose stream→call time mapping is kept for late events
+#: Live mode queues frames, not segments: this many per allowed segment of backlog.
+_LIVE_ITEMS_PER_SEGMENT = 250  # 5 s of 20 ms frames
 
 
 class TranscriptSubscription:
@@ -119,6 +130,22 @@ class PartyStats:
 
 
 @dataclass(frozen=True)
+class _Chunk:
+    """Live mode: audio of the utterance in progress; ``start`` (call clock) on its first."""
+
+    pcm: bytes
+    start: float | None
+
+
+class _EndUtterance:
+    """Live mode: the VAD (or a closing gate) ended the utterance: flush the stream."""
+
+
+_END = _EndUtterance()
+_Item = Segment | _Chunk | _EndUtterance
+
+
+@dataclass(frozen=True)
 class _Span:
     """Where one segment sits on the ASR stream's time and on the call's clock."""
 
@@ -133,7 +160,9 @@ class _Party:
         self.stats = PartyStats()
         self.gate_open = True
         # Unbounded as a queue so the end marker always fits; _enqueue enforces the bound.
-        self.backlog: asyncio.Queue[Segment | None] = asyncio.Queue()
+        self.backlog: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self.recent: deque[tuple[float, bytes]] = deque()  # live mode: frames for pre-roll
+        self.streaming = False  # live mode: an utterance is being sent
         self.backlog_limit = backlog
         self.worker: asyncio.Task[None] | None = None
         self.pump: asyncio.Task[None] | None = None
@@ -164,8 +193,10 @@ class CallTranscriber:
         phrases: Sequence[str] | None = None,
         backlog: int = 8,
         decision: SpeechDecision | None = None,
+        live: bool = False,
     ) -> None:
         self.asr = asr
+        self.live = live
         self.decision = decision
         self.language = language
         self.sample_rate = sample_rate
@@ -195,6 +226,7 @@ class CallTranscriber:
         flush_timeout: float = 5.0,
         feature: SpeechFeature = SpeechFeature.TRANSCRIPTION,
         phrases: Sequence[str] | None = None,
+        live: bool = False,
     ) -> CallTranscriber:
         """Ask the speech policy, then transcribe through failover over its eligible list.
 
@@ -216,7 +248,9 @@ class CallTranscriber:
         if plan.enabled:
             asr = FailoverAsr(
                 plan.providers,
-                context=ProcessingContext(call_id=call.call_id, tenant=call.tenant),
+                context=ProcessingContext(
+                    call_id=call.call_id, tenant=call.tenant, bases=plan.decision.bases
+                ),
                 on_record=on_record,
                 flush_timeout=flush_timeout,
             )
@@ -229,6 +263,7 @@ class CallTranscriber:
             vad=vad,
             phrases=phrases,
             decision=plan.decision,
+            live=live,
         )
 
     @property
@@ -279,7 +314,11 @@ class CallTranscriber:
             p.stats.blocked_frames += 1
             return
         p.gate_open = True
-        for event in p.segmenter.push(pcm, t):
+        events = p.segmenter.push(pcm, t)
+        if self.live:
+            self._stream_live(p, pcm, t, events)
+            return
+        for event in events:
             if isinstance(event, Segment):
                 self._enqueue(p, event)
 
@@ -293,6 +332,44 @@ class CallTranscriber:
         async for frame in frames:
             self.push_frame(frame)
 
+    def _stream_live(self, p: _Party, pcm: bytes, t: float, events: list[VadEvent]) -> None:
+        """Live mode: send the utterance as it is spoken (module docstring)."""
+        keep = (self._vad.pre_roll_ms + self._vad.min_utterance_ms) / 1000 + 0.1
+        p.recent.append((t, pcm))
+        while p.recent and p.recent[0][0] < t - keep:
+            p.recent.popleft()
+        sent_this_frame = False
+        for event in events:
+            if isinstance(event, Segment):
+                p.stats.utterances += 1
+                if p.streaming:
+                    p.streaming = False
+                    self._enqueue_live(p, _END)
+            elif isinstance(event, SpeechStart):
+                # The VAD's pre-roll and the candidate frames up to this one; after a
+                # max-length split the next piece starts here, with nothing before it.
+                since = event.t - self._vad.pre_roll_ms / 1000 if event.t <= t else event.t
+                first = [(ft, f) for ft, f in p.recent if ft >= since - 1e-6]
+                start = first[0][0] if first else event.t
+                p.streaming = True
+                sent_this_frame = True
+                self._enqueue_live(p, _Chunk(b"".join(f for _, f in first), start))
+        if p.streaming and not sent_this_frame:
+            self._enqueue_live(p, _Chunk(pcm, None))
+
+    def _enqueue_live(self, p: _Party, item: _Chunk | _EndUtterance) -> None:
+        if isinstance(item, _Chunk) and (
+            p.backlog.qsize() >= p.backlog_limit * _LIVE_ITEMS_PER_SEGMENT
+        ):
+            # The ASR is too far behind: give up on this utterance, finalise what it has.
+            p.stats.dropped_segments += 1
+            p.streaming = False
+            log.warning("transcription.backlog_full", extra=self._ids(p))
+            item = _END
+        p.backlog.put_nowait(item)
+        if p.worker is None:
+            p.worker = asyncio.get_running_loop().create_task(self._work(p))
+
     def _discard(self, p: _Party) -> None:
         # Closed gate: forget the utterance in progress and anything not yet sent.
         # A fresh segmenter also forgets the pre-roll captured before the pause.
@@ -300,8 +377,13 @@ class CallTranscriber:
         discarded = int(p.segmenter.in_speech)
         p.segmenter = VadSegmenter(p.name, self.sample_rate, self._vad)
         while not p.backlog.empty():
-            if p.backlog.get_nowait() is not None:
+            if isinstance(p.backlog.get_nowait(), Segment):
                 discarded += 1
+        p.recent.clear()
+        if p.streaming:
+            # Live: part of the utterance already went out; end it there, send no more.
+            p.streaming = False
+            self._enqueue_live(p, _END)
         p.stats.discarded_utterances += discarded
         if discarded:
             log.info("transcription.discarded", extra={**self._ids(p), "utterances": discarded})
@@ -319,9 +401,14 @@ class CallTranscriber:
     # --- ASR side ------------------------------------------------------------------
 
     async def _work(self, p: _Party) -> None:
-        while (segment := await p.backlog.get()) is not None:
+        while (item := await p.backlog.get()) is not None:
             try:
-                await self._send(p, segment)
+                if isinstance(item, Segment):
+                    await self._send(p, item)
+                elif isinstance(item, _Chunk):
+                    await self._send_chunk(p, item)
+                else:
+                    await self._end_utterance(p)
             except ProviderError as exc:
                 # Every eligible provider failed: transcription ends for this party,
                 # the call goes on.
@@ -331,7 +418,7 @@ class CallTranscriber:
                 )
                 return
 
-    async def _send(self, p: _Party, segment: Segment) -> None:
+    async def _stream_of(self, p: _Party) -> AsrStream:
         stream = p.stream
         if stream is None:
             assert self.asr is not None
@@ -342,6 +429,28 @@ class CallTranscriber:
                 phrases=self._phrases,
             )
             p.pump = asyncio.get_running_loop().create_task(self._pump(p, stream))
+        return stream
+
+    async def _send_chunk(self, p: _Party, chunk: _Chunk) -> None:
+        stream = await self._stream_of(p)
+        if not self._sinks_open(p.name):
+            return  # the gate closed while this waited: the discard queued the utterance's end
+        if chunk.start is not None:
+            p.spans.append(_Span(p.stream_time, chunk.start))
+        size = self._push_bytes
+        for i in range(0, len(chunk.pcm), size):
+            stream.push(chunk.pcm[i : i + size])
+        samples = len(chunk.pcm) // 2
+        p.stream_time += samples / self.sample_rate
+        p.stats.samples_sent += samples
+
+    async def _end_utterance(self, p: _Party) -> None:
+        if p.stream is not None:
+            p.stats.segments += 1
+            await p.stream.flush()
+
+    async def _send(self, p: _Party, segment: Segment) -> None:
+        stream = await self._stream_of(p)
         # Asked again at the last moment: the gate may have closed while this segment
         # waited in the backlog or while the stream was opening.
         if not self._sinks_open(p.name):
@@ -389,8 +498,12 @@ class CallTranscriber:
                     continue
                 if self._sinks_open(p.name):
                     for event in p.segmenter.finish(p.last_t):
-                        if isinstance(event, Segment):
+                        if isinstance(event, Segment) and not self.live:
                             self._enqueue(p, event)
+                    if p.streaming:
+                        p.streaming = False
+                        p.stats.utterances += 1
+                        self._enqueue_live(p, _END)
                 else:
                     self._discard(p)
             await asyncio.gather(*(self._stop(p) for p in self._parties.values()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -47,16 +48,25 @@ _WORD = re.compile(r"[\w']+")
 _MAX_PHRASE_WORDS = max(len(p.split()) for table in PHRASES.values() for p in table)
 
 
-def classify_speech(text: str, language: str = "en") -> Answer | None:
-    """YES, NO, or None when the words say neither or both."""
-    table = PHRASES.get(language.split("-")[0].lower())
+def classify_speech(
+    text: str, language: str = "en", table: Mapping[str, Answer] | None = None
+) -> Answer | None:
+    """YES, NO, or None when the words say neither or both.
+
+    ``table`` (phrase -> answer, e.g. a tenant's own list) replaces the built-in one.
+    """
+    if table is None:
+        table = PHRASES.get(language.split("-")[0].lower())
+        longest = _MAX_PHRASE_WORDS
+    else:
+        longest = max((len(p.split()) for p in table), default=0)
     if table is None:
         return None
     words = _WORD.findall(text.lower().replace("’", "'"))
     found: set[Answer] = set()
     position = 0
     while position < len(words):
-        for size in range(min(_MAX_PHRASE_WORDS, len(words) - position), 0, -1):
+        for size in range(min(longest, len(words) - position), 0, -1):
             answer = table.get(" ".join(words[position : position + size]))
             if answer is not None:
                 found.add(answer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from voicegw.consent.answers import Answer, DtmfKeys, WithdrawSequenceDetector, classify_speech
@@ -220,6 +221,8 @@ class CaptureConfig:
     answer_timeout: float = 8.0  # seconds after the prompt ends; silence = decline (opt_in)
     min_speech_confidence: float = 0.6
     language: str = "en"
+    #: phrase -> answer accepted when spoken; None: the built-in table of ``language``.
+    answers: Mapping[str, Answer] | None = None
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,7 @@ class ConsentMachine:
             case Speech(text=text, confidence=confidence):
                 if confidence < self.config.min_speech_confidence:
                     return None
-                answer = classify_speech(text, self.config.language)
+                answer = classify_speech(text, self.config.language, self.config.answers)
                 if answer is None:
                     return None
                 kind = _ANSWER_KIND[answer]

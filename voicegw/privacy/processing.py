@@ -1,8 +1,11 @@
 """Processing records: one per use of a provider, the evidence behind invariant 2.
 
 The failover adapters in ``voicegw.asr`` and ``voicegw.tts`` emit these through a
-callback; storing them is the persistence layer's job. A record carries amounts
-(seconds of audio, characters of text), never the audio or text itself.
+callback; storing them is the persistence layer's job
+(:class:`voicegw.store.processing.ProcessingRecordWriter`). A record carries
+amounts (seconds of audio, characters of text), never the audio or text itself,
+and says whose audio it was and on which legal basis it left (or stayed on) the
+node — the basis the selection policy found for that provider.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class ProcessingContext:
 
     call_id: str
     tenant: str
+    #: provider name -> the basis the policy allowed it on (``Selection.bases``).
+    bases: tuple[tuple[str, str], ...] = ()
+
+    def basis_of(self, provider: str) -> str | None:
+        return next((basis for name, basis in self.bases if name == provider), None)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ProcessingRecord:
     ended: float
     outcome: Outcome
     error_status: int | None = None
+    party: str | None = None  # whose audio (ASR); None for text (TTS)
+    basis: str | None = None  # "on_node", "in_region", "cross_border_<mechanism>"
 
     @classmethod
     def for_provider(
@@ -57,6 +67,7 @@ class ProcessingRecord:
         audio_seconds: float | None = None,
         characters: int | None = None,
         error_status: int | None = None,
+        party: str | None = None,
     ) -> ProcessingRecord:
         return cls(
             call_id=context.call_id,
@@ -71,6 +82,8 @@ class ProcessingRecord:
             ended=ended,
             outcome=outcome,
             error_status=error_status,
+            party=party,
+            basis=context.basis_of(provider.name),
         )
 
 

@@ -60,6 +60,8 @@ class RefusedCandidate:
 class Selection:
     eligible: tuple[ProviderCapabilities, ...]
     refused: tuple[RefusedCandidate, ...]
+    #: eligible provider name -> the basis it is allowed on (see :func:`transfer_basis`).
+    bases: tuple[tuple[str, str], ...] = ()
 
     @property
     def choice(self) -> ProviderCapabilities | None:
@@ -131,6 +133,22 @@ def _locations(req: SelectionRequest, cap: ProviderCapabilities) -> Iterable[Ref
             )
 
 
+def transfer_basis(req: SelectionRequest, cap: ProviderCapabilities) -> str:
+    """The rule an *eligible* provider is allowed on, as processing records name it.
+
+    ``on_node`` (nothing leaves the gateway), ``in_region`` (every location inside the
+    tenant's policy region) or ``cross_border_<mechanism>`` (the tenant's transfer
+    mechanism covers the locations outside it).
+    """
+    if cap.is_local:
+        return "on_node"
+    home = policy_region(req.tenant_region)
+    if all(policy_region(loc) == home for loc in cap.processing_locations):
+        return "in_region"
+    mechanism = "none" if req.transfer_mechanism is None else req.transfer_mechanism.value
+    return f"cross_border_{mechanism}"
+
+
 #: The residency and fitness rules, in the order their reasons are reported.
 RULES: tuple[Rule, ...] = (_caller_restricted, _approved, _locations, _purpose, _language)
 
@@ -153,4 +171,5 @@ def select_provider(
             eligible.append(cap)
     rank = {name: i for i, name in enumerate(request.preference)}
     eligible.sort(key=lambda c: rank.get(c.name, len(rank)))  # stable: ties keep given order
-    return Selection(tuple(eligible), tuple(refused))
+    bases = tuple((c.name, transfer_basis(request, c)) for c in eligible)
+    return Selection(tuple(eligible), tuple(refused), bases)

@@ -22,15 +22,15 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from voicegw.asr.azure import (
+from voicegw.privacy.capabilities import DataType, ProviderCapabilities, Purpose
+from voicegw.privacy.errors import ProviderError
+from voicegw.privacy.subprocessors import Subprocessor, capabilities_for
+from voicegw.speech_vendors.azure_common import (
     SUBPROCESSOR_ID,
     AzureSpeechSettings,
     cancellation_error,
     location_of_region,
 )
-from voicegw.privacy.capabilities import DataType, ProviderCapabilities, Purpose
-from voicegw.privacy.errors import ProviderError
-from voicegw.privacy.subprocessors import Subprocessor, capabilities_for
 from voicegw.tts.base import TtsProvider, TtsStream
 
 log = logging.getLogger("voicegw.tts.azure")

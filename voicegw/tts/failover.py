@@ -15,13 +15,14 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-from voicegw.privacy.capabilities import ProviderCapabilities, Purpose
+from voicegw.privacy.capabilities import Purpose
 from voicegw.privacy.errors import NoProviderAvailableError, ProviderError, ProviderTimeoutError
-from voicegw.privacy.processing import Outcome, ProcessingContext, ProcessingRecord, RecordSink
+from voicegw.privacy.failover import ProviderChain
+from voicegw.privacy.processing import Outcome, ProcessingContext, RecordSink
 from voicegw.tts.base import TtsProvider, TtsStream
 
 
-class FailoverTts(TtsProvider):
+class FailoverTts(ProviderChain[TtsProvider], TtsProvider):
     """A :class:`TtsProvider` over ``providers`` in order; its capabilities are the first's."""
 
     def __init__(
@@ -33,17 +34,8 @@ class FailoverTts(TtsProvider):
         chunk_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not providers:
-            raise NoProviderAvailableError()
-        self.providers = tuple(providers)
-        self._context = context
-        self._on_record = on_record
+        super().__init__(providers, context=context, on_record=on_record, clock=clock)
         self._chunk_timeout = chunk_timeout
-        self._clock = clock
-
-    @property
-    def capabilities(self) -> ProviderCapabilities:
-        return self.providers[0].capabilities
 
     def synthesize(
         self,
@@ -86,28 +78,13 @@ class FailoverTts(TtsProvider):
                 if inner is not None:
                     with contextlib.suppress(ProviderError):
                         await inner.aclose()
-                self._record(provider, started, outcome, samples / sample_rate, len(text), error)
+                self._record_use(
+                    provider,
+                    Purpose.TTS,
+                    started=started,
+                    outcome=outcome,
+                    error=error,
+                    audio_seconds=samples / sample_rate,
+                    characters=len(text),
+                )
         raise NoProviderAvailableError()
-
-    def _record(
-        self,
-        provider: TtsProvider,
-        started: float,
-        outcome: Outcome,
-        audio_seconds: float,
-        characters: int,
-        error: ProviderError | None,
-    ) -> None:
-        self._on_record(
-            ProcessingRecord.for_provider(
-                self._context,
-                provider.capabilities,
-                Purpose.TTS,
-                started=started,
-                ended=self._clock(),
-                outcome=outcome,
-                audio_seconds=audio_seconds,
-                characters=characters,
-                error_status=None if error is None else error.status,
-            )
-        )

@@ -1,0 +1,1 @@
+"""Code shared by one vendor's speech adapters (ASR and TTS alike)."""
