@@ -37,6 +37,7 @@ import soundfile
 
 from tests.conftest import free_port
 from tests.e2e.peers import DOMAIN, Baresip, tone_sequence
+from voicegw.config import default_node_name
 from voicegw.recording.container import DEFAULT_CHUNK_SIZE, MAGIC, TAG_BYTES, recover
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import open_stored, wrapped_key_of
@@ -57,8 +58,10 @@ START_TIMEOUT = 30.0
 RECORD_TIMEOUT = 15.0
 #: Whole chunks on disk before the kill (32 KiB of stereo 8 kHz each: about a second).
 CHUNKS_BEFORE_KILL = 3
-#: How verify names a container whose last chunk a crash tore or never sealed as final.
+#: How a container whose last chunk a crash tore or never sealed as final reads back.
 TORN_TAIL = ("TruncatedError", "TruncatedOrTamperedError")
+#: How verify reports that tail on a recording marked incomplete.
+EXPECTED_TAILS = ("torn", "unsealed")
 #: Files the gateway itself may keep beside recordings (nothing holds audio in the clear).
 AUDIO_SUFFIXES = (".wav", ".pcm", ".raw", ".tmp", ".temp", ".au", ".ulaw", ".alaw")
 
@@ -255,10 +258,11 @@ async def test_sigkill_mid_recording_leaves_only_ciphertext_and_restart_marks_it
             http, "POST", f"{gateway.base}/tenants/{TENANT}/recordings/{row['id']}/verify", 200
         )
     # The file is what recovery recorded; it ends in the chunk the kill tore (or one never
-    # sealed as final), which verify reports as a truncation, not as tampering.
-    assert checked["matches_metadata"] and checked["complete"] is False, checked
-    assert checked["problem"] in TORN_TAIL, checked
-    assert checked["chunks"] >= CHUNKS_BEFORE_KILL, checked
+    # sealed as final): verify passes it, its whole chunks valid and that tail as expected.
+    assert checked["ok"] and checked["matches_metadata"] and checked["authenticates"], checked
+    assert (checked["complete"], checked["problem"]) == (False, None), checked
+    assert checked["tail"] in EXPECTED_TAILS, checked
+    assert checked["readable_chunks"] >= CHUNKS_BEFORE_KILL, checked
     assert await gateway.stop() == 0, gateway.output()
 
     # The whole chunks decrypt with the node's keyring, and hold what was said.
@@ -268,7 +272,7 @@ async def test_sigkill_mid_recording_leaves_only_ciphertext_and_restart_marks_it
             stored = await store.get_recording(session, TENANT, row["id"])
     finally:
         await engine.dispose()
-    assert stored is not None
+    assert stored is not None and stored.node == default_node_name()  # who wrote it
     storage = LocalFilesystemStorage(gateway.recordings)
     with open_stored(storage, stored) as handle:
         recovery = recover(

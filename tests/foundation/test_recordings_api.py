@@ -36,10 +36,16 @@ from voicegw.consent import (
     RecordingMode,
     resolve_mode,
 )
+from voicegw.recording.container import read_header
 from voicegw.recording.keys import KeyWrapper, LocalKeyring, PublicKeyProvider
 from voicegw.recording.metadata import persist_consent_decision
-from voicegw.recording.recorder import Recorder, RecorderConfig, save_transcript
-from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.recording.recorder import (
+    Recorder,
+    RecorderConfig,
+    recover_incomplete,
+    save_transcript,
+)
+from voicegw.recording.storage import PARTIAL_SUFFIX, LocalFilesystemStorage
 from voicegw.store import recordings as store
 from voicegw.store.models import AuditEvent
 
@@ -347,6 +353,8 @@ async def test_verify_reports_a_clean_recording_ok(
         "authenticates": True,
         "complete": True,
         "chunks": chunks,
+        "readable_chunks": chunks,
+        "tail": None,
         "problem": None,
     }
 
@@ -435,6 +443,112 @@ async def test_incomplete_recording_downloads_its_readable_part_marked_incomplet
     data_read, _ = soundfile.read(io.BytesIO(wav), dtype="int16", always_2d=True)
     readable_frames = made.samples.size * 2 // 4096 * 4096 // 4
     assert np.array_equal(data_read, made.samples[:readable_frames])
+
+
+CHUNK_ON_DISK = 4096 + 16  # the recordings here: 4096-byte chunks and their tags
+
+
+async def crash_mid_chunk(
+    sessions: async_sessionmaker[AsyncSession], vault: Vault, made: Made, *, torn: int
+) -> tuple[int, bytes]:
+    """What a kill -9 leaves, then recovery: the file as still being written (``.partial``)
+    cut ``torn`` bytes into a chunk after the last whole one, the row ``writing``; then
+    :func:`recover_incomplete` marks it. Returns (whole chunks, the stored bytes)."""
+    key = await storage_key(sessions, "rec-a1")
+    final = stored_path(vault, key)
+    data = final.read_bytes()
+    whole = made.samples.size * 2 // 4096 - 1  # keep one whole chunk back to tear
+    left = data[: read_header(io.BytesIO(data)).length + whole * CHUNK_ON_DISK + torn]
+    final.unlink()
+    final.with_name(final.name + PARTIAL_SUFFIX).write_bytes(left)
+    async with sessions() as session, session.begin():
+        row = await store.get_recording(session, "tenant-a", "rec-a1")
+        assert row is not None
+        row.state, row.complete, row.node = store.ObjectState.WRITING.value, False, "node-a"
+    (recovered,) = await recover_incomplete(
+        sessions, vault.storage, vault.keys, tenant_id="tenant-a", node="node-a"
+    )
+    assert (recovered.complete, recovered.readable_chunks) == (False, whole)
+    return whole, left
+
+
+@pytest.mark.parametrize(("torn", "tail"), [(1000, "torn"), (0, "unsealed")])
+async def test_verify_accepts_the_tail_a_crash_left_on_an_incomplete_recording(
+    world: World, vault: Vault, sessions: async_sessionmaker[AsyncSession], torn: int, tail: str
+) -> None:
+    made = await record(sessions, vault.storage, vault.keys)
+    whole, _ = await crash_mid_chunk(sessions, vault, made, torn=torn)
+
+    status, body = await call(world, "POST", f"{BASE}/recordings/rec-a1/verify", world.admin_a)
+    assert status == 200
+    assert body == {
+        "id": "rec-a1",
+        "ok": True,
+        "matches_metadata": True,
+        "authenticates": True,  # every finished chunk
+        "complete": False,
+        "chunks": whole + (1 if torn else 0),
+        "readable_chunks": whole,
+        "tail": tail,  # reported, as expected of an incomplete recording: not a failure
+        "problem": None,
+    }
+    # The finished chunks download, exactly; the torn bytes are not part of it.
+    async with world.client.get(
+        f"{BASE}/recordings/rec-a1/audio", headers=auth(world.admin_a)
+    ) as resp:
+        assert (resp.status, resp.headers["X-Recording-Complete"]) == (200, "false")
+        wav = await resp.read()
+    data_read, _ = soundfile.read(io.BytesIO(wav), dtype="int16", always_2d=True)
+    assert np.array_equal(data_read, made.samples[: whole * 4096 // 4])
+
+
+async def test_verify_rejects_a_torn_tail_on_a_complete_recording(
+    world: World, vault: Vault, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The same bytes as a crash leaves, on a row that says ``complete``: damage."""
+    made = await record(sessions, vault.storage, vault.keys)
+    await crash_mid_chunk(sessions, vault, made, torn=1000)
+    key = await storage_key(sessions, "rec-a1")
+    final = stored_path(vault, key)
+    final.with_name(final.name + PARTIAL_SUFFIX).rename(final)
+    async with sessions() as session, session.begin():
+        row = await store.get_recording(session, "tenant-a", "rec-a1")
+        assert row is not None
+        row.state, row.complete = store.ObjectState.FINISHED.value, True
+
+    status, body = await call(world, "POST", f"{BASE}/recordings/rec-a1/verify", world.admin_a)
+    assert status == 200
+    assert (body["ok"], body["matches_metadata"], body["authenticates"]) == (False, True, False)
+    assert (body["problem"], body["tail"]) == ("TruncatedOrTamperedError", None)
+    # The row vouches for these bytes, so the download starts and is cut short of its length.
+    async with world.client.get(
+        f"{BASE}/recordings/rec-a1/audio", headers=auth(world.admin_a)
+    ) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_verify_of_an_incomplete_recording_still_rejects_a_modified_finished_chunk(
+    world: World, vault: Vault, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Only the tail is excused: a flipped bit in a whole chunk fails, even with the row's
+    digest brought in line with the file."""
+    made = await record(sessions, vault.storage, vault.keys)
+    _, left = await crash_mid_chunk(sessions, vault, made, torn=1000)
+    key = await storage_key(sessions, "rec-a1")
+    partial = stored_path(vault, key).with_name(stored_path(vault, key).name + PARTIAL_SUFFIX)
+    damaged = bytearray(left)
+    damaged[len(damaged) // 2] ^= 0x01
+    partial.write_bytes(bytes(damaged))
+    async with sessions() as session, session.begin():
+        row = await store.get_recording(session, "tenant-a", "rec-a1")
+        assert row is not None
+        row.size_bytes, row.ciphertext_sha256 = len(damaged), hashlib.sha256(damaged).hexdigest()
+
+    status, body = await call(world, "POST", f"{BASE}/recordings/rec-a1/verify", world.admin_a)
+    assert status == 200
+    assert (body["ok"], body["problem"], body["tail"]) == (False, "TamperedError", None)
 
 
 async def test_public_key_mode_download_is_409_decrypt_offline_and_verify_checks_digest(

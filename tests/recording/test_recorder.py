@@ -26,7 +26,7 @@ from voicegw.consent import (
     RecordingMode,
     resolve_mode,
 )
-from voicegw.recording.container import decrypt, read_header
+from voicegw.recording.container import decrypt, inspect, read_header
 from voicegw.recording.errors import MissingWrappedKeyError
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import (
@@ -211,14 +211,16 @@ async def test_grant_at_frame_k_caller_silent_before_and_bit_exact_after(
     with pytest.raises(MissingWrappedKeyError):
         decrypt(storage.root / row.storage_key, keyring)
 
-    assert verify_stored(storage, row, keyring) == Verification(True, True, True, None)
+    with storage.open_read(row.storage_key) as handle:
+        chunks = inspect(handle, keyring, wrapped_key=wrapped_key_of(row)).readable_chunks
+    assert verify_stored(storage, row, keyring) == Verification(True, True, True, None, chunks)
     path = storage.root / row.storage_key
     damaged = bytearray(ciphertext)
     damaged[len(damaged) // 2] ^= 0x01
     path.write_bytes(bytes(damaged))
-    assert verify_stored(storage, row, keyring) == Verification(
-        False, False, False, "TamperedError"
-    )
+    seen = verify_stored(storage, row, keyring)
+    assert seen == Verification(False, False, False, "TamperedError", seen.readable_chunks)
+    assert seen.readable_chunks is not None and seen.readable_chunks < chunks
 
 
 async def test_declined_call_leaves_no_file_and_no_recording_row(

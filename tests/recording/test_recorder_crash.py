@@ -1,4 +1,9 @@
-"""A recorder killed mid-call: recovery marks it incomplete and its whole chunks decrypt."""
+"""A recorder killed mid-call: recovery marks it incomplete and its whole chunks decrypt.
+
+Two nodes share the database: the crashed node's recovery settles only its own
+recording, while the other node's recording, live at that moment, goes on and
+finishes complete.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from voicegw.consent import (
     PartyRole,
     PromptFinished,
     PromptStarted,
+    RecordingGate,
     RecordingMode,
     resolve_mode,
 )
@@ -32,7 +38,7 @@ from voicegw.recording.metadata import (
     verify_stored,
     wrapped_key_of,
 )
-from voicegw.recording.recorder import interleave, recover_incomplete
+from voicegw.recording.recorder import Recorder, RecorderConfig, interleave, recover_incomplete
 from voicegw.recording.storage import LocalFilesystemStorage
 from voicegw.store import audit, tenants
 from voicegw.store import recordings as store
@@ -83,7 +89,7 @@ async def main():
     recorder = Recorder(sessions=sessions, storage=storage, keys=keyring, gate=gate,
                         tenant_id="acme", call_id="call-9", region="sg",
                         recording_id="rec-crash",
-                        config=RecorderConfig(chunk_size=int(CHUNK)))
+                        config=RecorderConfig(chunk_size=int(CHUNK), node="node-a"))
     key = await recorder.start(int(CONSENT))
     for n, (c, a) in enumerate(zip(frames(1), frames(2))):
         recorder.feed(c, a, n * 0.02)
@@ -125,6 +131,37 @@ async def persisted_notice(sessions: async_sessionmaker[AsyncSession]) -> int:
         return row.id
 
 
+async def live_recorder(
+    sessions: async_sessionmaker[AsyncSession],
+    storage: LocalFilesystemStorage,
+    keyring: LocalKeyring,
+    consent_id: int,
+) -> Recorder:
+    """Another node's recorder, started on the same call's notice and still running."""
+    resolution = resolve_mode(
+        ConsentPolicy(default_mode=RecordingMode.NOTIFY), CallContext("+6561234567")
+    )
+    gate = RecordingGate(sample_rate=8000)
+    caller = ConsentMachine("caller", PartyRole.CALLER, resolution, now=0.0)
+    gate.add_party(caller)
+    gate.add_party(ConsentMachine("agent", PartyRole.AGENT, resolution, now=0.0))
+    caller.handle(PromptStarted(0.0))
+    caller.handle(PromptFinished(0.0))
+    recorder = Recorder(
+        sessions=sessions,
+        storage=storage,
+        keys=keyring,
+        gate=gate,
+        tenant_id=TENANT,
+        call_id=CALL,
+        region="sg",
+        recording_id="rec-live",
+        config=RecorderConfig(chunk_size=CHUNK, node="node-b"),
+    )
+    await recorder.start(consent_id)
+    return recorder
+
+
 async def test_killed_recorder_leaves_whole_chunks_that_recovery_marks_incomplete(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
@@ -158,14 +195,32 @@ async def test_killed_recorder_leaves_whole_chunks_that_recovery_marks_incomplet
         row = await store.get_recording(session, TENANT, "rec-crash")
         assert row is not None and row.state == "writing"  # what the crash left
 
-    (recovered,) = await recover_incomplete(sessions, storage, keyring, tenant_id=TENANT)
+    # node-b is recording right now; node-a restarts and recovers: only its own row.
+    live = await live_recorder(sessions, storage, keyring, consent_id)
+    caller_b, agent_b = frames(3), frames(4)
+    live.feed(caller_b[0], agent_b[0], 0.0)
+    assert await recover_incomplete(
+        sessions, storage, keyring, tenant_id=TENANT, node="node-c"
+    ) == []  # fmt: skip
+    (recovered,) = await recover_incomplete(
+        sessions, storage, keyring, tenant_id=TENANT, node="node-a"
+    )
     assert (recovered.kind, recovered.object_id, recovered.complete) == (
         store.ObjectKind.RECORDING,
         "rec-crash",
         False,
     )
     assert recovered.readable_chunks == whole_chunks
-    assert await recover_incomplete(sessions, storage, keyring, tenant_id=TENANT) == []
+    assert await recover_incomplete(
+        sessions, storage, keyring, tenant_id=TENANT, node="node-a"
+    ) == []  # fmt: skip
+    async with sessions() as session:
+        other = await store.get_recording(session, TENANT, "rec-live")
+        assert other is not None and (other.node, other.state) == ("node-b", "writing")
+    for n in range(1, FRAMES):
+        live.feed(caller_b[n], agent_b[n], n * 0.02)
+    finished = await live.finish()
+    assert finished is not None and finished.complete  # untouched by node-a's recovery
 
     async with sessions() as session:
         row = await store.get_recording(session, TENANT, "rec-crash")
@@ -182,12 +237,14 @@ async def test_killed_recorder_leaves_whole_chunks_that_recovery_marks_incomplet
             handle.seek(0)
             with pytest.raises(TruncatedError):
                 decrypt(handle, keyring, wrapped_key=wrapped_key_of(row))
+        # Marked incomplete: the missing final chunk is what the crash explains, not damage.
         assert verify_stored(storage, row, keyring) == Verification(
-            True, False, False, "TruncatedError"
+            True, True, False, None, readable_chunks=whole_chunks, tail="unsealed"
         )
         expected = b"".join(interleave(c, a) for c, a in zip(frames(1), frames(2), strict=True))
         assert not result.complete
         assert result.plaintext == expected[: whole_chunks * CHUNK]  # every sample fed, intact
-        actions = [e.action for e in (await session.execute(select(AuditEvent))).scalars()]
-        assert actions[-2:] == ["recording.start", "recording.recovered"]
+        events = (await session.execute(select(AuditEvent))).scalars()
+        actions = [e.action for e in events if e.target == store.target_of(row)]
+        assert actions == ["recording.start", "recording.recovered"]
         assert (await audit.verify(session)).ok

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +17,11 @@ from typer.testing import CliRunner
 from tests.recording.conftest import record_notified_call
 from voicegw.cli import app
 from voicegw.config import load_settings
-from voicegw.recording.recorder import RecorderConfig
+from voicegw.recording.container import TAG_BYTES, read_header
+from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.recorder import RecorderConfig, recover_incomplete
+from voicegw.recording.storage import PARTIAL_SUFFIX, LocalFilesystemStorage
+from voicegw.store import recordings as store
 from voicegw.store.db import create_engine, session_factory
 from voicegw.store.models import AuditEvent
 
@@ -141,3 +147,57 @@ def test_unknown_tenant_and_missing_reason_are_clear_errors() -> None:
     result = runner.invoke(app, ["recordings", "hold", "--tenant", "acme", "rec-1"])
     assert result.exit_code == 1
     assert "--reason is required" in result.stderr
+
+
+WHOLE = 6  # chunks a crash in the middle of chunk 6 leaves whole
+
+
+def tear_mid_chunk(path: Path, *, complete: bool) -> bytes:
+    """The file as a kill -9 in the middle of chunk :data:`WHOLE` leaves it: still being
+    written (``.partial``), or, ``complete``, (falsely) in the finished object's place."""
+    data = path.read_bytes()
+    torn = data[: read_header(io.BytesIO(data)).length + WHOLE * (4096 + TAG_BYTES) + 1000]
+    path.unlink()
+    (path if complete else path.with_name(path.name + PARTIAL_SUFFIX)).write_bytes(torn)
+    return torn
+
+
+async def after_the_crash(torn: bytes, *, complete: bool) -> None:
+    """node-a's row as the crash left it, then its start-up recovery; ``complete``: the row
+    claims instead that the torn file was finished (its digest matching)."""
+    settings = load_settings(None)
+    engine = create_engine(settings.database_url)
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            row = await store.get_recording(session, "acme", "rec-1")
+            assert row is not None
+            if complete:
+                row.size_bytes, row.ciphertext_sha256 = len(torn), hashlib.sha256(torn).hexdigest()
+            else:
+                row.state, row.complete, row.node = "writing", False, "node-a"
+        if not complete:
+            storage = LocalFilesystemStorage(settings.recordings_root)
+            keys = LocalKeyring(settings.key_dir)
+            await recover_incomplete(sessions, storage, keys, tenant_id="acme", node="node-a")
+    finally:
+        await engine.dispose()
+
+
+def test_verify_passes_an_incomplete_recording_torn_by_a_crash_and_names_its_tail() -> None:
+    _, path = asyncio.run(record_call())
+    asyncio.run(after_the_crash(tear_mid_chunk(path, complete=False), complete=False))
+    verified = CliRunner().invoke(app, ["recordings", "verify", "--tenant", "acme", "rec-1"])
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.strip() == (
+        f"recording rec-1: OK ({WHOLE} chunks readable, incomplete: the tail is torn, "
+        "as expected of a recording cut short by a crash)"
+    )
+
+
+def test_verify_fails_the_same_torn_tail_on_a_recording_marked_complete() -> None:
+    _, path = asyncio.run(record_call())
+    asyncio.run(after_the_crash(tear_mid_chunk(path, complete=True), complete=True))
+    verified = CliRunner().invoke(app, ["recordings", "verify", "--tenant", "acme", "rec-1"])
+    assert verified.exit_code == 1
+    assert "FAILED verification: TruncatedOrTamperedError" in verified.stderr

@@ -10,9 +10,11 @@ It ties the pure consent policy (:mod:`voicegw.consent`) to a live call
    (the caller cannot have been told);
 3. answers are taken from DTMF (the tenant's accept/decline keys) and, when
    the tenant allows speech and an eligible ASR exists, from spoken words
-   (a :class:`CallTranscriber` in ``spoken_answer`` mode with the phrase list
-   as its grammar), each fed to the :class:`ConsentMachine` with the media
-   clock's time; answer timeouts are checked on every media tick;
+   (a :class:`CallTranscriber` in ``spoken_answer`` mode with the tenant's
+   answer phrases — :func:`spoken_answers` — as its grammar; words below the
+   tenant's ``min_speech_confidence`` are no answer), each fed to the
+   :class:`ConsentMachine` with the media clock's time; answer timeouts are
+   checked on every media tick;
 4. every decision is stored and audited (``add_consent_record``) *before* the
    recorder is told to start, and the recorder itself re-checks that link;
 5. every frame of every party goes through one :class:`RecordingGate`: the
@@ -54,6 +56,7 @@ from voicegw.calls.prompts import PromptSynthesizer
 from voicegw.calls.speech_policy import CallSpeech, SpeechFeature
 from voicegw.calls.transcription import CallTranscriber, TranscriptSubscription
 from voicegw.consent import (
+    Answer,
     CallContext,
     CaptureConfig,
     ConsentDecision,
@@ -103,6 +106,7 @@ __all__ = [
     "capture_config",
     "consent_policy",
     "load_consent_policy",
+    "spoken_answers",
 ]
 
 log = logging.getLogger("voicegw.calls.consent_flow")
@@ -227,8 +231,25 @@ def capture_config(settings: TenantSettings) -> CaptureConfig:
     )
     language = settings.consent_prompt.language.split("-")[0]
     return CaptureConfig(
-        keys=keys, answer_timeout=float(capture.timeout_seconds), language=language
+        keys=keys,
+        answer_timeout=float(capture.timeout_seconds),
+        min_speech_confidence=capture.min_speech_confidence,
+        language=language,
+        answers=spoken_answers(settings),
     )
+
+
+def spoken_answers(settings: TenantSettings) -> dict[str, Answer]:
+    """Phrase -> answer for the prompt's language: the tenant's list, else the built-in one.
+
+    The same phrases are the recogniser's grammar (a grammar engine can only hear
+    them) and the machine's table (a vendor's free text is matched against them).
+    """
+    language = settings.consent_prompt.language.split("-")[0]
+    own = settings.consent_capture.spoken_answers.get(language)
+    if own is None:
+        return dict(PHRASES.get(language, {}))
+    return {p: Answer.YES for p in own.yes} | {p: Answer.NO for p in own.no}
 
 
 # --- the flow ---------------------------------------------------------------------------
@@ -469,6 +490,11 @@ class ConsentFlow:
         caller = self._caller
         if caller is None or caller.state not in {State.PENDING, *_ANSWERABLE}:
             return None
+        if not self.capture.answers:
+            # Settings validation requires answers for the prompt's language; a stored
+            # setting from before that rule may still lack them: DTMF only then.
+            log.warning("no spoken answers for the prompt language", extra=self._ids())
+            return None
         language = self.settings.consent_prompt.language
         listener = CallTranscriber.for_call(
             self.services.asr,
@@ -479,16 +505,14 @@ class ConsentFlow:
             sinks_open=self._answer_window_open,
             on_record=self.services.on_record,
             feature=SpeechFeature.SPOKEN_ANSWER,
-            phrases=tuple(PHRASES.get(self.capture.language, {})),
+            phrases=tuple(self.capture.answers or ()),
         )
         return listener if listener.active else None
 
     def _answer_window_open(self, party: str) -> bool:
         caller = self._caller
         return (
-            party == self.config.caller_party
-            and caller is not None
-            and caller.state in _ANSWERABLE
+            party == self.config.caller_party and caller is not None and caller.state in _ANSWERABLE
         )
 
     async def _read_answers(self, subscription: TranscriptSubscription) -> None:
@@ -646,4 +670,3 @@ def _decode_audio(data: bytes) -> npt.NDArray[np.int16]:
     channels = np.asarray(pcm, dtype=np.int16)
     mono = channels[:, 0] if channels.shape[1] == 1 else channels.mean(axis=1).astype(np.int16)
     return resample(np.ascontiguousarray(mono), int(rate), SAMPLE_RATE)
-

@@ -25,13 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from voicegw.asr.base import AsrProvider, AsrStream
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.consent_flow import (
     CallInfo,
@@ -48,7 +47,6 @@ from voicegw.calls.speech_policy import CallSpeech
 from voicegw.consent import CallContext, ConsentPolicy, RecordingMode, State, resolve_mode
 from voicegw.media.clock import MediaClock
 from voicegw.media.taps import TapFrame
-from voicegw.privacy.capabilities import ProviderCapabilities
 from voicegw.privacy.processing import ProcessingRecord, RecordSink
 from voicegw.recording.keys import KeyWrapper
 from voicegw.recording.recorder import RecorderConfig
@@ -61,7 +59,6 @@ from voicegw.tenant_settings import TenantSettings
 from voicegw.tts.registry import TtsRegistry
 
 __all__ = [
-    "AnswerPhrases",
     "ConsentStateChanged",
     "ConsentedDeps",
     "ConsentedService",
@@ -121,41 +118,6 @@ def caller_number(offer: CallOffer) -> str | None:
         return None
     user = uri.user if isinstance(uri, SipURI) else None
     return user if user is not None and E164_USER.match(user) else None
-
-
-class AnswerPhrases(AsrProvider):
-    """An ASR provider whose answer streams listen for exactly ``phrases``.
-
-    The flow hands a local grammar engine the whole answer table of the language
-    (some 30 phrases); against that many, pocketsphinx heard eSpeak's "yes i agree"
-    as "yeah" at confidence 0.26, under the machine's 0.6 floor, where a grammar of
-    the prompt's own two answers gives "yes i agree" at 0.97. Streams opened without
-    phrases (free transcription) are passed through untouched.
-    """
-
-    def __init__(self, inner: AsrProvider, phrases: Sequence[str]) -> None:
-        self.inner = inner
-        self.phrases = tuple(phrases)
-
-    @property
-    def capabilities(self) -> ProviderCapabilities:
-        return self.inner.capabilities
-
-    async def open_stream(
-        self,
-        *,
-        language: str,
-        sample_rate: int,
-        party: str,
-        phrases: Sequence[str] | None = None,
-    ) -> AsrStream:
-        grammar = self.phrases if phrases is not None else None
-        return await self.inner.open_stream(
-            language=language, sample_rate=sample_rate, party=party, phrases=grammar
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class _StateWatch:

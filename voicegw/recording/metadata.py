@@ -18,10 +18,16 @@ from voicegw.consent.gate import SuppressedInterval
 from voicegw.consent.records import ConsentDecision
 from voicegw.privacy.processing import ProcessingRecord
 from voicegw.recording.container import inspect
-from voicegw.recording.errors import RecordingError
+from voicegw.recording.errors import (
+    ContainerError,
+    RecordingError,
+    TruncatedError,
+    TruncatedOrTamperedError,
+)
 from voicegw.recording.keys import KeyUnwrapper, WrappedKey
 from voicegw.recording.storage import StorageBackend
 from voicegw.store import recordings as store
+from voicegw.store.processing import processing_row
 
 #: Format label of a recording: container v1 holding interleaved signed 16-bit little-endian PCM.
 RECORDING_FORMAT = "vgr1/pcm_s16le"
@@ -95,20 +101,7 @@ def processing_record_row(
     record: ProcessingRecord, *, to_wall: Callable[[float], datetime]
 ) -> store.ProcessingRecordRow:
     """A processing record as a row; ``to_wall`` maps the record's clock onto wall time."""
-    return store.ProcessingRecordRow(
-        tenant_id=record.tenant,
-        call_id=record.call_id,
-        provider=record.provider,
-        subprocessor=record.subprocessor,
-        purpose=record.purpose.value,
-        locations=list(record.locations),
-        audio_seconds=record.audio_seconds,
-        characters=record.characters,
-        started_at=to_wall(record.started),
-        ended_at=to_wall(record.ended),
-        outcome=record.outcome.value,
-        error_status=record.error_status,
-    )
+    return processing_row(record, to_wall=to_wall)
 
 
 def wrapped_key_of(row: store.StoredObject) -> WrappedKey | None:
@@ -125,6 +118,13 @@ def open_stored(storage: StorageBackend, row: store.StoredObject) -> BinaryIO:
     return storage.open_read(row.storage_key)
 
 
+#: How an ``incomplete`` recording may end, by the error its scan stops with (subclass first).
+EXPECTED_TAILS: tuple[tuple[type[TruncatedError], str], ...] = (
+    (TruncatedOrTamperedError, "torn"),  # a chunk cut mid-write after the last whole one
+    (TruncatedError, "unsealed"),  # ends on a chunk boundary, without the final chunk
+)
+
+
 @dataclass(frozen=True)
 class Verification:
     """Whether stored bytes are what the row says and the container authenticates."""
@@ -133,6 +133,20 @@ class Verification:
     authenticates: bool | None  # None: no key to check with (public-key mode)
     complete: bool | None
     problem: str | None  # error type only
+    readable_chunks: int | None = None  # chunks that authenticate; None: not decrypted
+    #: An ``incomplete`` recording's expected end (:data:`EXPECTED_TAILS`), else None.
+    tail: str | None = None
+
+
+def expected_tail(row: store.StoredObject, problem: ContainerError | None) -> str | None:
+    """The tail a crash explains: only for a row marked ``incomplete``, only at the end.
+
+    A scan stops at the first chunk that fails, so a truncation error means every
+    chunk before it authenticated; on a ``complete`` row the same bytes are damage.
+    """
+    if row.state != store.ObjectState.INCOMPLETE.value or problem is None:
+        return None
+    return next((tail for kind, tail in EXPECTED_TAILS if isinstance(problem, kind)), None)
 
 
 def verify_stored(
@@ -156,5 +170,8 @@ def verify_stored(
             seen = inspect(handle, keys, wrapped_key=wrapped_key_of(row))
         except RecordingError as exc:
             return Verification(matches, False, None, type(exc).__name__)
+    tail = expected_tail(row, seen.problem)
+    if tail is not None:
+        return Verification(matches, True, False, None, seen.readable_chunks, tail)
     problem = type(seen.problem).__name__ if seen.problem is not None else None
-    return Verification(matches, seen.problem is None, seen.complete, problem)
+    return Verification(matches, seen.problem is None, seen.complete, problem, seen.readable_chunks)

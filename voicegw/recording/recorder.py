@@ -95,6 +95,9 @@ class RecorderConfig:
     #: Keep the wrapped data key in the database rather than the file header, so
     #: retention can crypto-shred it (copies of the file in backups become unreadable).
     detach_wrapped_key: bool = True
+    #: The node writing (``Settings.node_name``), stored on the row: start-up recovery
+    #: settles only its own node's unfinished recordings.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,7 @@ class Recorder:
                 state=store.ObjectState.WRITING.value,
                 intervals=[],
                 dropped_frames=0,
+                node=self.config.node,
             )
             await store.add_recording(session, row)
             await audit.append(
@@ -473,6 +477,7 @@ async def save_transcript(
     clock: Callable[[], datetime] = utc_now,
     actor: str = "recorder",
     detach_wrapped_key: bool = True,
+    node: str | None = None,
 ) -> store.Transcript:
     """Encrypt one party's transcript (JSON lines) into storage and store its row.
 
@@ -510,6 +515,7 @@ async def save_transcript(
                 complete=False,
                 state=store.ObjectState.WRITING.value,
                 intervals=[],
+                node=node,
             ),
         )
         await audit.append(
@@ -613,10 +619,12 @@ async def recover_incomplete(
     keys: KeyUnwrapper | None,
     *,
     tenant_id: str,
+    node: str,
     clock: Callable[[], datetime] = utc_now,
     actor: str = "recorder",
 ) -> list[RecoveredObject]:
-    """Settle recordings and transcripts a crash left in ``writing``; run at start-up.
+    """Settle recordings and transcripts a crash of ``node`` left in ``writing``; run at
+    that node's start-up.
 
     A container without its final chunk is marked ``complete=False`` (state
     ``incomplete``) and left in place: every whole chunk in it still
@@ -624,13 +632,16 @@ async def recover_incomplete(
     metadata was never written is marked finished. ``keys`` may be None
     (public-key mode): sizes and hashes are still recorded, durations are not.
     Run it before this node records again: it takes every ``writing`` row of
-    the tenant for a crashed one.
+    the tenant written by ``node`` for a crashed one. Rows of other nodes are
+    left alone: in a deployment sharing one database they may be recording
+    right now. (Rows written before migration 0005 carry no node and are left
+    for an operator.)
     """
     async with sessions() as session:
         rows = [
             row
             for kind in (store.ObjectKind.RECORDING, store.ObjectKind.TRANSCRIPT)
-            for row in await store.writing_objects(session, kind, tenant_id)
+            for row in await store.writing_objects(session, kind, tenant_id, node=node)
         ]
     recovered: list[RecoveredObject] = []
     for row in rows:

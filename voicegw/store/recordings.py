@@ -124,6 +124,9 @@ class _StoredObject:
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Stretches replaced by silence (paused, unconsented, dropped), per party.
     intervals: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    #: The gateway node that wrote it (``node_name``): start-up recovery settles only its
+    #: own node's ``writing`` rows, never another live node's. NULL: written before 0005.
+    node: Mapped[str | None] = mapped_column(String(64))
 
 
 class Recording(_StoredObject, Base):
@@ -159,7 +162,10 @@ class ProcessingRecordRow(Base):
     """One use of a speech provider: who processed what, where, for what (DESIGN §4.2)."""
 
     __tablename__ = "processing_records"
-    __table_args__ = (Index("ix_processing_records_tenant_call", "tenant_id", "call_id"),)
+    __table_args__ = (
+        Index("ix_processing_records_tenant_call", "tenant_id", "call_id"),
+        Index("ix_processing_records_tenant_started", "tenant_id", "started_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -174,6 +180,9 @@ class ProcessingRecordRow(Base):
     ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     outcome: Mapped[str] = mapped_column(String(16))
     error_status: Mapped[int | None] = mapped_column(Integer)
+    # Added by 0004 (voicegw.store.processing): whose audio, and the rule it went out on.
+    party: Mapped[str | None] = mapped_column(String(32))
+    basis: Mapped[str | None] = mapped_column(String(48))
 
 
 StoredObject = Recording | Transcript
@@ -376,13 +385,18 @@ async def list_transcripts(
 
 
 async def writing_objects(
-    session: AsyncSession, kind: ObjectKind, tenant_id: str
+    session: AsyncSession, kind: ObjectKind, tenant_id: str, *, node: str
 ) -> list[StoredObject]:
-    """Objects still marked ``writing``: at start-up, the ones a crash interrupted."""
+    """``node``'s objects still marked ``writing``: at its start-up, the ones a crash
+    interrupted (another node's are its own business: they may be live)."""
     model = _MODELS[kind]
     query = (
         select(model)
-        .where(model.tenant_id == tenant_id, model.state == ObjectState.WRITING.value)
+        .where(
+            model.tenant_id == tenant_id,
+            model.state == ObjectState.WRITING.value,
+            model.node == node,
+        )
         .order_by(model.id)
     )
     return cast(list[StoredObject], list((await session.execute(query)).scalars()))
