@@ -11,9 +11,11 @@ or ``VOICEGW_DATABASE__URL=postgresql+asyncpg://...``; they win over the file.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -109,6 +111,43 @@ class WebRtcSection(_Section):
     wrap_up_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
+_SKILL = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+
+
+class QueueConfig(_Section):
+    """An agent queue of one tenant (``[[queues]]``); see :mod:`voicegw.calls.queues`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    #: Dialled numbers (E.164, the tenant's own) whose calls join this queue.
+    numbers: tuple[Annotated[str, Field(pattern=r"^\+[1-9][0-9]{5,14}$")], ...] = ()
+    #: An agent must have every one of these skills to be rung.
+    skills: tuple[Annotated[str, Field(pattern=_SKILL)], ...] = Field(default=(), max_length=16)
+    ring_timeout: float = Field(default=15.0, gt=0, le=300)
+    max_wait: float = Field(default=120.0, gt=0, le=3600)
+    #: Seconds before an agent who declined or missed a call is offered it again.
+    retry_after: float = Field(default=30.0, ge=0, le=3600)
+    #: What a waiting caller hears: the gateway's hold chime, or ringback (call unanswered).
+    music: Literal["hold", "ringback"] = "hold"
+    #: After max_wait: another queue of the same tenant, else the final status below.
+    overflow_queue: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    overflow_status: int = Field(default=480, ge=400, le=699)
+
+
+def _queues_valid(queues: tuple[QueueConfig, ...]) -> None:
+    names = {(q.tenant, q.name) for q in queues}
+    if len(names) != len(queues):
+        raise ValueError("queue names must be unique per tenant")
+    numbers = [(q.tenant, n) for q in queues for n in q.numbers]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("a number can be in one queue of a tenant only")
+    for queue in queues:
+        onward = queue.overflow_queue
+        known = onward in (None, "default") or (queue.tenant, onward) in names
+        if not known or onward == queue.name:
+            raise ValueError(f"queue {queue.name}: overflow_queue {onward} is not defined")
+
+
 class DatabaseConfig(_Section):
     #: SQLAlchemy async URL; None means SQLite at ``<data_dir>/voicegw.db``.
     url: str | None = None
@@ -198,6 +237,15 @@ def _trunks_distinct(trunks: tuple[TrunkConfig, ...]) -> None:
                 raise ValueError(f"trunks {name} and {other_name} have overlapping sources")
 
 
+_NODE_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+def default_node_name() -> str:
+    """The host name, cut to what ``node_name`` allows (``voicegw-1`` if nothing is left)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "voicegw-1"
+
+
 class Settings(BaseSettings):
     """Validated server configuration."""
 
@@ -208,7 +256,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    node_name: str = Field(default="voicegw-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: This node's id among those sharing the database (recordings name their writer, and
+    #: start-up recovery touches only this node's): the host name unless configured.
+    node_name: str = Field(default_factory=default_node_name, pattern=_NODE_NAME)
     region: str = Field(default="sg", pattern=r"^[a-z]{2,8}$")
     http: HttpConfig = HttpConfig()
     sip: SipConfig = SipConfig()
@@ -221,10 +271,13 @@ class Settings(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     #: Carrier/PBX trunks (``[[trunks]]``): see :mod:`voicegw.calls.trunks`.
     trunks: tuple[TrunkConfig, ...] = ()
+    #: Agent queues with skills (``[[queues]]``); a tenant's other calls use ``default``.
+    queues: tuple[QueueConfig, ...] = ()
 
     @model_validator(mode="after")
     def _trunks_valid(self) -> Settings:
         _trunks_distinct(self.trunks)
+        _queues_valid(self.queues)
         return self
 
     @classmethod

@@ -22,7 +22,12 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from voicegw.calls.agent_bridge import AgentBridge, AgentBridgeConfig, OverflowTreatment
+from voicegw.calls.agent_bridge import (
+    AgentBridge,
+    AgentBridgeConfig,
+    OverflowTreatment,
+    trunk_dialer,
+)
 from voicegw.calls.agents import (
     AgentCall,
     AgentDirectory,
@@ -31,18 +36,29 @@ from voicegw.calls.agents import (
     CallAction,
     CallOffered,
     CallState,
+    CallView,
+    SoftphoneError,
 )
-from voicegw.calls.queues import QueueSettings
+from voicegw.calls.queues import QueueDefinition, QueueSettings
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import EndReason, InboundCall, SipCalls
 from voicegw.calls.sip_service import SipService, SipServiceConfig
+from voicegw.calls.trunks import Trunk, TrunkOutbound, TrunkTable
 from voicegw.media.codecs import PCMU
 from voicegw.media.playback import BufferSource, PlaybackSource, tone
 from voicegw.media.ports import PortAllocator
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.webrtc import WebRtcConfig, offered_host_addresses
-from voicegw.sip.message import SipMessage, SipRequest, SipResponse, new_branch, parse_message
+from voicegw.sip.message import (
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_branch,
+    parse_message,
+)
 from voicegw.sip.sdp import SessionDescription
+from voicegw.sip.transaction import Destination
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate, tenants
 from voicegw.store.db import create_engine, session_factory
@@ -195,6 +211,57 @@ class Caller:
                     await task
 
 
+@dataclass
+class Callee(Caller):
+    """An external number behind the tenant's trunk: answers one INVITE and talks."""
+
+    invite_request: SipRequest | None = None
+
+    async def answer(self, frequency: float) -> None:
+        request = await self.request()
+        assert request.method == "INVITE"
+        self.invite_request = request
+        offer = SessionDescription.parse(request.body)
+        assert offer.connection is not None
+        self.media_at = (offer.connection.host, offer.media[0].port)
+        sdp = (
+            "v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {self.rtp.port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        )
+        response = make_response(
+            request,
+            200,
+            headers=(
+                ("Contact", f"<sip:callee@127.0.0.1:{self.sip.port}>"),
+                ("Content-Type", "application/sdp"),
+            ),
+            body=sdp.encode(),
+        )
+        assert self.sip.transport is not None
+        self.sip.transport.sendto(bytes(response), self.gateway)
+        self.to_tag = response.to.tag
+        while (await self.request()).method != "ACK":
+            pass
+        self.talk(frequency)
+
+    def bye(self) -> None:
+        """Hang up in the dialog the gateway's INVITE set up."""
+        invite = self.invite_request
+        assert invite is not None and self.sip.transport is not None
+        contact = (invite.headers.get("Contact") or "").strip("<>")
+        lines = [
+            f"BYE {contact} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.sip.port};branch={new_branch()};rport",
+            "Max-Forwards: 70",
+            f"From: {invite.headers.get('To')};tag={self.to_tag}",
+            f"To: {invite.headers.get('From')}",
+            f"Call-ID: {invite.headers.get('Call-ID')}",
+            "CSeq: 1 BYE",
+            "Content-Length: 0",
+        ]
+        self.sip.transport.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), self.gateway)
+
+
 # --- agents ------------------------------------------------------------------------------
 
 
@@ -259,8 +326,14 @@ class Browser:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    async with open_browser(AGENT_TONE) as peer:
+        yield peer
+
+
+@contextlib.asynccontextmanager
+async def open_browser(frequency: float) -> AsyncIterator[Browser]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(Microphone(AGENT_TONE))
+    pc.addTrack(Microphone(frequency))
     peer = Browser(pc)
     tasks: list[asyncio.Task[None]] = []
 
@@ -292,10 +365,12 @@ class Gateway:
     calls: SipCalls
     offered: asyncio.Queue[InboundCall]
     caller: Caller
+    #: The external number behind the tenant's trunk (external transfers).
+    callee: Callee
 
-    def sign_in(self, agent_id: int) -> tuple[AgentSession, Page]:
+    def sign_in(self, agent_id: int, skills: tuple[str, ...] = ()) -> tuple[AgentSession, Page]:
         page = Page()
-        return self.agents.sign_in(TENANT, agent_id, page), page
+        return self.agents.sign_in(TENANT, agent_id, page, skills), page
 
     async def inbound(self) -> InboundCall:
         return cast(InboundCall, await within(self.offered.get()))
@@ -351,19 +426,29 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         _, rtp = await loop.create_datagram_endpoint(Socket, local_addr=("127.0.0.1", 0))
         assert service.transports.bound.udp is not None
         caller = Caller(sip, rtp, service.transports.bound.udp)
+        _, callee_sip = await loop.create_datagram_endpoint(Socket, local_addr=("127.0.0.1", 0))
+        _, callee_rtp = await loop.create_datagram_endpoint(Socket, local_addr=("127.0.0.1", 0))
+        callee = Callee(callee_sip, callee_rtp, service.transports.bound.udp)
+        trunk = Trunk(
+            "carrier-out",
+            TENANT,
+            outbound=TrunkOutbound(Destination("127.0.0.1", callee_sip.port)),
+        )
+        bridge.dial = trunk_dialer(calls, TrunkTable([trunk]))
 
         async def stop() -> None:
             await caller.hang_up()
+            await callee.hang_up()
             await calls.close()
             await bridge.close()
             await agents.close()
             await service.stop()
-            for socket in (sip, rtp):
+            for socket in (sip, rtp, callee_sip, callee_rtp):
                 assert socket.transport is not None
                 socket.transport.close()
 
         cleanup.append(stop)
-        return Gateway(agents, bridge, calls, offered, caller)
+        return Gateway(agents, bridge, calls, offered, caller, callee)
 
     yield start
     for stop in cleanup:
@@ -504,3 +589,355 @@ async def test_max_wait_without_hold_music_rejects_the_unanswered_caller(
     inbound = await gw.inbound()
     await within(inbound.ended.wait())
     assert inbound.end_reason is EndReason.REJECTED
+
+
+# --- transfers ---------------------------------------------------------------------------
+
+SECOND_AGENT_TONE = 300.0
+HOLD_MUSIC = (523.25, 659.25)  # the default chime's two notes
+
+
+def hears(frames: list[bytes], frequency: float, last: int = 25) -> bool:
+    if len(frames) < last:
+        return False
+    pcm = np.frombuffer(b"".join(frames[-last:]), dtype="<i2") / 32768
+    return loud(b"".join(frames[-last:])) and abs(dominant_frequency(pcm, 8000) - frequency) < 15
+
+
+def browser_hears(browser: Browser, frequency: float, last: int = 25) -> bool:
+    if len(browser.heard) < last:
+        return False
+    samples = np.concatenate(browser.heard[-last:])
+    return abs(dominant_frequency(samples, 48000) - frequency) < 15
+
+
+def hold_music_in(frames: list[bytes]) -> bool:
+    return any(
+        loud(frame)
+        and min(
+            abs(dominant_frequency(np.frombuffer(frame, "<i2") / 32768, 8000) - f)
+            for f in HOLD_MUSIC
+        )
+        < 40
+        for frame in frames
+    )
+
+
+async def connected_call(gw: Gateway, browser: Browser) -> tuple[AgentSession, str, InboundCall]:
+    """Agent 1 answers the caller; both hear each other."""
+    session, page = gw.sign_in(1)
+    gw.caller.invite()
+    call_id = await page.rings()
+    inbound = await gw.inbound()
+    await gw.agents.act(session, call_id, CallAction.ANSWER)
+    assert (await gw.caller.final()).status == 200
+    gw.caller.talk(CALLER_TONE)
+    await browser.connect(gw.agents, session, call_id)
+    await eventually(lambda: hears(gw.caller.heard, AGENT_TONE), 10.0)
+    return session, call_id, inbound
+
+
+async def offered(page: Page) -> CallView:
+    while True:
+        event = await within(page.events.get())
+        if isinstance(event, CallOffered):
+            return event.call
+
+
+async def test_a_warm_transfer_consults_then_hands_the_caller_to_the_second_agent(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    first_call = gw.agent_call(first)
+    second, second_page = gw.sign_in(2)
+
+    await gw.agents.transfer(first, call_id, "warm", "agent", "2")
+    heard_before = len(gw.caller.heard)
+    consult = await offered(second_page)
+    assert consult.from_agent == 1
+    assert consult.caller == "+14****0123"  # the target sees whom it is about, masked
+    await eventually(lambda: hold_music_in(gw.caller.heard[heard_before:]), 10.0)
+
+    await gw.agents.act(second, consult.call_id, CallAction.ANSWER)
+    async with open_browser(SECOND_AGENT_TONE) as second_browser:
+        await second_browser.connect(gw.agents, second, consult.call_id)
+        # Consulting: the agents hear each other; the caller still hears only hold music.
+        await eventually(lambda: browser_hears(browser, SECOND_AGENT_TONE), 10.0)
+        await eventually(lambda: browser_hears(second_browser, AGENT_TONE), 10.0)
+        assert not hears(gw.caller.heard, AGENT_TONE) and not hears(
+            gw.caller.heard, SECOND_AGENT_TONE
+        )
+        assert first_call.transfer is not None and first_call.transfer.state == "consulting"
+
+        await gw.agents.transfer_complete(first, call_id)
+        # The same SIP call (no new INVITE), now with the second agent both ways.
+        await eventually(lambda: hears(gw.caller.heard, SECOND_AGENT_TONE), 10.0)
+        await eventually(lambda: browser_hears(second_browser, CALLER_TONE), 10.0)
+        assert first_call.state is CallState.ENDED and first_call.ended_reason == "transferred"
+        # Free for the next caller (wrap-up is 0 s here).
+        await eventually(lambda: 1 in gw.agents.available_agents(TENANT))
+        taken = gw.agent_call(second)
+        assert taken.call_id == consult.call_id and taken.from_agent is None
+        assert not inbound.ended.is_set()
+
+        # The transferred call ends as any other: the second agent hangs up, BYE to the caller.
+        await gw.agents.act(second, consult.call_id, CallAction.HANGUP)
+        assert (await gw.caller.request()).method == "BYE"
+
+
+async def test_a_declined_blind_transfer_returns_the_caller_to_the_first_agent(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    second, second_page = gw.sign_in(2)
+
+    await gw.agents.transfer(first, call_id, "blind", "agent", "2")
+    ringing = await offered(second_page)
+    assert ringing.from_agent is None  # the caller's own call rings, not a consult
+    heard_before = len(gw.caller.heard)
+    await eventually(lambda: hold_music_in(gw.caller.heard[heard_before:]), 10.0)
+    await gw.agents.act(second, ringing.call_id, CallAction.DECLINE)
+
+    await eventually(lambda: hears(gw.caller.heard, AGENT_TONE), 10.0)
+    await eventually(lambda: browser_hears(browser, CALLER_TONE), 10.0)
+    kept = gw.agent_call(first)
+    assert kept.call_id == call_id and kept.state is CallState.ACTIVE
+    assert kept.transfer is not None
+    assert (kept.transfer.state, kept.transfer.reason) == ("failed", "declined")
+    assert second.call is None and not inbound.ended.is_set()
+
+
+async def test_an_unanswered_transfer_rings_out_and_the_first_agent_can_cancel_a_consult(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QueueSettings(ring_timeout=0.5)))
+    first, call_id, _ = await connected_call(gw, browser)
+    second, second_page = gw.sign_in(2)
+
+    await gw.agents.transfer(first, call_id, "warm", "agent", "2")
+    await offered(second_page)
+    call = gw.agent_call(first)
+    await within(call.until(lambda c: c.transfer is not None and c.transfer.state == "failed"))
+    assert call.transfer is not None and call.transfer.reason == "no_answer"
+    await eventually(lambda: hears(gw.caller.heard, AGENT_TONE), 10.0)
+
+    await eventually(lambda: second.presence.value == "available" and second.call is None)
+    await gw.agents.transfer(first, call_id, "warm", "agent", "2")
+    consult = await offered(second_page)
+    await gw.agents.act(second, consult.call_id, CallAction.ANSWER)
+    await within(call.until(lambda c: c.transfer is not None and c.transfer.state == "consulting"))
+    await gw.agents.transfer_cancel(first, call_id)
+    assert second.call is None  # the consult call is gone; the caller is back with agent 1
+    await eventually(lambda: hears(gw.caller.heard, AGENT_TONE), 10.0)
+    assert gw.agent_call(first).state is CallState.ACTIVE
+
+
+async def test_a_transfer_to_the_queue_frees_the_agent_and_rings_the_next_one(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    await gw.agents.transfer(first, call_id, "blind", "queue", "default")
+    assert first.call is None
+    await eventually(lambda: gw.bridge.queued(TENANT) == 1)
+    heard_before = len(gw.caller.heard)
+    await eventually(lambda: hold_music_in(gw.caller.heard[heard_before:]), 10.0)
+
+    second, second_page = gw.sign_in(2)
+    taken = await second_page.rings()
+    await gw.agents.act(second, taken, CallAction.ANSWER)
+    await eventually(lambda: gw.bridge.queued(TENANT) == 0)
+    assert gw.agent_call(second).state is CallState.ACTIVE and not inbound.ended.is_set()
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "code"),
+    [
+        ("agent", "9", "agent_unavailable"),  # signed in, but for another tenant
+        ("agent", "1", "invalid_target"),  # oneself
+        ("queue", "nope", "invalid_target"),
+        ("agent", "two", "agent_unavailable"),
+        ("mars", "2", "bad_field"),
+    ],
+)
+async def test_transfers_reach_only_free_agents_and_queues_of_the_same_tenant(
+    gateway: GatewayFactory, browser: Browser, kind: str, target: str, code: str
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, _ = await connected_call(gw, browser)
+    gw.agents.sign_in("other-tenant", 9, Page())
+    with pytest.raises(SoftphoneError) as refused:
+        await gw.agents.transfer(first, call_id, "blind", kind, target)
+    assert refused.value.code == code
+    call = gw.agent_call(first)
+    assert call.transfer is None and call.state is CallState.ACTIVE
+    await eventually(lambda: hears(gw.caller.heard, AGENT_TONE))
+
+
+EXTERNAL_TONE = 750.0
+
+
+async def test_a_warm_transfer_to_an_external_number_goes_through_the_tenants_trunk(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    answering = asyncio.create_task(gw.callee.answer(EXTERNAL_TONE))
+
+    await gw.agents.transfer(first, call_id, "warm", "number", "+442071234567")
+    await within(answering, 10.0)
+    invite = gw.callee.invite_request
+    assert invite is not None and str(invite.uri).startswith("sip:+442071234567@127.0.0.1")
+    # Our From is the tenant's number the caller dialled, never the caller's own.
+    assert NUMBER in (invite.headers.get("From") or "")
+    call = gw.agent_call(first)
+    await within(call.until(lambda c: c.transfer is not None and c.transfer.state == "consulting"))
+    assert call.transfer is not None and call.transfer.target == "number:+44****4567"
+    await eventually(lambda: browser_hears(browser, EXTERNAL_TONE), 10.0)
+    await eventually(lambda: hears(gw.callee.heard, AGENT_TONE), 10.0)
+    assert not hears(gw.caller.heard, EXTERNAL_TONE)
+
+    await gw.agents.transfer_complete(first, call_id)
+    await eventually(lambda: hears(gw.caller.heard, EXTERNAL_TONE), 10.0)
+    await eventually(lambda: hears(gw.callee.heard, CALLER_TONE), 10.0)
+    assert first.call is None and not inbound.ended.is_set()
+
+    # The external party hangs up: the caller's call ends too.
+    gw.callee.bye()
+    assert (await gw.caller.request()).method == "BYE"
+
+
+# --- skills queues -----------------------------------------------------------------------
+
+
+def spanish_queue(**overrides: Any) -> QueueDefinition:
+    fields: dict[str, Any] = {
+        "numbers": frozenset({NUMBER}),
+        "skills": frozenset({"es"}),
+        "settings": QUICK,
+    }
+    return QueueDefinition("spanish", TENANT, **{**fields, **overrides})
+
+
+async def test_a_number_with_a_skills_queue_rings_only_agents_with_the_skill(
+    gateway: GatewayFactory,
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK, queues=(spanish_queue(),)))
+    plain, plain_page = gw.sign_in(1)  # idle as long, lower id: would ring first without skills
+    speaker, speaker_page = gw.sign_in(2, ("es", "billing"))
+    gw.caller.invite()
+    call_id = await speaker_page.rings()
+    assert plain.call is None and plain_page.events.empty()
+    assert [w.queue for w in gw.bridge.waiting(TENANT)] == ["spanish"]
+    assert gw.bridge.queued(TENANT, "spanish") == 1 and gw.bridge.queued(TENANT, "default") == 0
+    await gw.agents.act(speaker, call_id, CallAction.ANSWER)
+    assert (await gw.caller.final()).status == 200
+
+
+async def test_skills_set_while_signed_in_count_from_the_next_decision(
+    gateway: GatewayFactory,
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK, queues=(spanish_queue(),)))
+    session, page = gw.sign_in(1)
+    gw.caller.invite()
+    assert (await gw.caller.final()).status == 200  # waits with hold music: nobody has "es"
+    await eventually(lambda: gw.bridge.queued(TENANT, "spanish") == 1)
+    gw.agents.set_skills(TENANT, 1, ["es"])
+    call_id = await page.rings()
+    await gw.agents.act(session, call_id, CallAction.ANSWER)
+    await eventually(lambda: gw.bridge.queued(TENANT) == 0)
+
+
+async def test_a_queue_overflows_into_the_queue_it_names(gateway: GatewayFactory) -> None:
+    spanish = spanish_queue(
+        settings=QueueSettings(max_wait=0.5), overflow_queue="default", hold_music=False
+    )
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK, queues=(spanish,)))
+    session, page = gw.sign_in(1)  # no "es": only the default queue may ring this agent
+    gw.caller.invite()
+    call_id = await page.rings()
+    assert [w.queue for w in gw.bridge.waiting(TENANT)] == ["default"]
+    await gw.agents.act(session, call_id, CallAction.ANSWER)
+    assert (await gw.caller.final()).status == 200
+
+
+async def test_an_agent_can_transfer_a_caller_to_a_skills_queue_by_name(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    billing = QueueDefinition("billing", TENANT, skills=frozenset({"billing"}), settings=QUICK)
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK, queues=(billing,)))
+    first, call_id, inbound = await connected_call(gw, browser)
+    generalist, generalist_page = gw.sign_in(2)
+    specialist, specialist_page = gw.sign_in(3, ("billing",))
+    await gw.agents.transfer(first, call_id, "blind", "queue", "billing")
+    taken = await specialist_page.rings()
+    assert generalist.call is None and generalist_page.events.empty()
+    await gw.agents.act(specialist, taken, CallAction.ANSWER)
+    await eventually(lambda: gw.bridge.queued(TENANT) == 0)
+    assert gw.agent_call(specialist).state is CallState.ACTIVE and not inbound.ended.is_set()
+
+
+async def test_hanging_up_while_consulting_hands_the_caller_over(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    second, second_page = gw.sign_in(2)
+    await gw.agents.transfer(first, call_id, "warm", "agent", "2")
+    consult = await offered(second_page)
+    await gw.agents.act(second, consult.call_id, CallAction.ANSWER)
+    first_call = gw.agent_call(first)
+    await within(
+        first_call.until(lambda c: c.transfer is not None and c.transfer.state == "consulting")
+    )
+    await gw.agents.act(first, call_id, CallAction.HANGUP)
+    assert first_call.ended_reason == "transferred"
+    taken = gw.agent_call(second)
+    assert taken.from_agent is None and taken.state is CallState.ACTIVE
+    assert not inbound.ended.is_set()
+
+
+async def test_the_caller_hanging_up_during_a_consult_ends_both_agents_calls(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    second, second_page = gw.sign_in(2)
+    await gw.agents.transfer(first, call_id, "warm", "agent", "2")
+    consult = await offered(second_page)
+    await gw.agents.act(second, consult.call_id, CallAction.ANSWER)
+    first_call, consult_call = gw.agent_call(first), gw.agent_call(second)
+    await within(
+        first_call.until(lambda c: c.transfer is not None and c.transfer.state == "consulting")
+    )
+
+    gw.caller.send("BYE")
+    await within(inbound.ended.wait())
+    await within(consult_call.until(lambda c: c.state is CallState.ENDED))
+    await within(first_call.until(lambda c: c.state is CallState.ENDED))
+    assert (first_call.ended_reason, consult_call.ended_reason) == (
+        "caller_hangup",
+        "caller_hangup",
+    )
+    await eventually(lambda: first.call is None and second.call is None)
+
+
+async def test_a_blind_transfer_answered_by_the_target_releases_the_first_agent_at_once(
+    gateway: GatewayFactory, browser: Browser
+) -> None:
+    gw: Gateway = await gateway(AgentBridgeConfig(queue=QUICK))
+    first, call_id, inbound = await connected_call(gw, browser)
+    first_call = gw.agent_call(first)
+    second, second_page = gw.sign_in(2)
+    await gw.agents.transfer(first, call_id, "blind", "agent", "2")
+    ringing = await offered(second_page)
+    await gw.agents.act(second, ringing.call_id, CallAction.ANSWER)
+    await within(first_call.until(lambda c: c.state is CallState.ENDED))
+    assert first_call.ended_reason == "transferred"
+    async with open_browser(SECOND_AGENT_TONE) as second_browser:
+        await second_browser.connect(gw.agents, second, ringing.call_id)
+        await eventually(lambda: hears(gw.caller.heard, SECOND_AGENT_TONE), 10.0)
+        await eventually(lambda: browser_hears(second_browser, CALLER_TONE), 10.0)
+    assert not inbound.ended.is_set()

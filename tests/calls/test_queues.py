@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from voicegw.calls.agent_bridge import queue_definitions
 from voicegw.calls.queues import (
+    DEFAULT_QUEUE,
     CallQueue,
     Offer,
     Overflowed,
+    QueueDefinition,
     QueueSettings,
+    QueueTable,
     StopRinging,
     Waiting,
 )
+from voicegw.config import Settings
 
 SETTINGS = QueueSettings(ring_timeout=15.0, max_wait=120.0, retry_after=30.0)
 
@@ -124,3 +130,111 @@ def test_settings_are_bounded() -> None:
         QueueSettings(max_wait=10_000)
     with pytest.raises(ValueError, match="retry_after"):
         QueueSettings(retry_after=-1)
+
+
+def test_an_agent_who_just_transferred_the_caller_is_not_rung_with_it_again() -> None:
+    q = queue()
+    q.join("c1", now=0.0, passed_over=[1])
+    assert q.decide(0.0, available=[1]) == [Waiting("c1")]
+    assert q.decide(29.0, available=[1, 2]) == [Offer("c1", 2)]
+    q2 = queue()
+    q2.join("c2", now=0.0, passed_over=[1])
+    assert q2.decide(30.0, available=[1]) == [Offer("c2", 1)]  # retry_after later, it may
+
+
+# --- which queue, with which skills --------------------------------------------------------
+
+SPANISH = QueueDefinition(
+    "spanish",
+    "acme",
+    numbers=frozenset({"+6561230001"}),
+    skills=frozenset({"es"}),
+    settings=QueueSettings(ring_timeout=10.0),
+)
+
+
+def test_a_dialled_number_picks_its_queue_and_other_numbers_the_tenants_default() -> None:
+    table = QueueTable([SPANISH], default=SETTINGS)
+    assert table.for_call("acme", "+6561230001") is SPANISH
+    fallback = table.for_call("acme", "+6561239999")
+    assert (fallback.name, fallback.skills, fallback.settings) == (
+        DEFAULT_QUEUE,
+        frozenset(),
+        SETTINGS,
+    )
+    # The number is acme's queue's: another tenant's calls to it never join that queue.
+    assert table.for_call("globex", "+6561230001").name == DEFAULT_QUEUE
+    assert table.names("acme") == {"default", "spanish"}
+    assert table.names("globex") == {"default"}
+
+
+def test_a_queue_admits_only_agents_with_every_skill_it_requires() -> None:
+    assert SPANISH.admits(frozenset({"es", "billing"}))
+    assert not SPANISH.admits(frozenset({"billing"}))
+    assert QueueDefinition("any", "acme").admits(frozenset())
+
+
+@pytest.mark.parametrize(
+    ("queues", "problem"),
+    [
+        ([SPANISH, SPANISH], "defined twice"),
+        (
+            [SPANISH, QueueDefinition("other", "acme", numbers=frozenset({"+6561230001"}))],
+            "two queues",
+        ),
+        ([QueueDefinition("x", "acme", overflow_queue="nowhere")], "unknown queue"),
+        ([QueueDefinition("x", "acme", overflow_queue="x")], "unknown queue"),
+    ],
+)
+def test_ambiguous_or_dangling_queue_tables_are_refused(
+    queues: list[QueueDefinition], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        QueueTable(queues)
+
+
+QUEUE_CONFIG = {
+    "name": "spanish",
+    "tenant": "acme",
+    "numbers": ["+6561230001"],
+    "skills": ["es"],
+    "ring_timeout": 10,
+    "music": "ringback",
+    "overflow_queue": "default",
+}
+
+
+def test_queues_in_the_config_become_the_bridges_queue_definitions() -> None:
+    settings = Settings(queues=[QUEUE_CONFIG])
+    (queue_def,) = queue_definitions(settings.queues)
+    assert queue_def == QueueDefinition(
+        "spanish",
+        "acme",
+        numbers=frozenset({"+6561230001"}),
+        skills=frozenset({"es"}),
+        settings=QueueSettings(ring_timeout=10.0, max_wait=120.0, retry_after=30.0),
+        hold_music=False,
+        overflow_queue="default",
+        overflow_status=480,
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"skills": ["Spanish!"]},  # skills are lower-case words
+        {"numbers": ["6561230001"]},  # E.164 only
+        {"overflow_queue": "nowhere"},
+        {"ring_timeout": 0},
+        {"overflow_status": 200},
+    ],
+)
+def test_bad_queue_config_is_refused(change: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(queues=[{**QUEUE_CONFIG, **change}])
+
+
+def test_a_queue_name_twice_for_one_tenant_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unique"):
+        Settings(queues=[QUEUE_CONFIG, QUEUE_CONFIG])
+    assert len(Settings(queues=[QUEUE_CONFIG, {**QUEUE_CONFIG, "tenant": "globex"}]).queues) == 2

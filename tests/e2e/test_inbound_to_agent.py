@@ -49,14 +49,14 @@ def namespace_available() -> bool:
 
 
 @pytest.mark.skipif(IN_CHILD, reason="the runner, not a scenario")
-@pytest.mark.timeout(115)
+@pytest.mark.timeout(175)
 def test_inbound_calls_reach_agents_in_chromium_on_loopback_only() -> None:
     child = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
     if namespace_available():
         child = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *child]
     env = {**os.environ, "VOICEGW_INBOUND_SCENARIOS": "1"}
     result = subprocess.run(
-        child, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110, check=False
+        child, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170, check=False
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
@@ -64,6 +64,7 @@ def test_inbound_calls_reach_agents_in_chromium_on_loopback_only() -> None:
 # --- the scenarios (child process only) ----------------------------------------------------
 
 if IN_CHILD:
+    import numpy as np
     import soxr
     from aiohttp import web
     from playwright.async_api import Browser, Page, expect
@@ -284,3 +285,67 @@ if IN_CHILD:
         await phone.command("hangup")
         assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
         await expect(bob.locator("#presence")).to_have_value("wrap_up")
+
+    def chime_heard(audio: np.ndarray, rate: int) -> bool:
+        """Whether the default hold music's notes (523/659 Hz) are in ``audio`` somewhere."""
+        window = rate // 4
+        for start in range(0, len(audio) - window, window // 2):
+            chunk = audio[start : start + window]
+            if float(np.sqrt(np.mean(chunk**2))) < 0.01:
+                continue
+            spectrum = np.abs(np.fft.rfft(chunk * np.hanning(window)))
+            peak = float(np.fft.rfftfreq(window, 1 / rate)[int(np.argmax(spectrum))])
+            if min(abs(peak - 523.25), abs(peak - 659.25)) < 10:
+                return True
+        return False
+
+    async def test_a_warm_transfer_between_browser_agents_keeps_the_callers_audio_flowing(
+        node: Node, phone: phones.Baresip, browser: Browser
+    ) -> None:
+        ann = await sign_in(browser, node, "ann")
+        bob = await sign_in(browser, node, "bob")
+        inbound = await dial_and_answer(node, phone, ann)  # ann (lower id) rings first
+        assert await softphone.heard_rms(ann, above=0.05) > 0.05
+        sent = inbound.transport.leg.summary
+        caller_shown = await ann.locator("#call-caller").text_content()
+
+        await ann.select_option("#transfer-kind", "agent")
+        await ann.fill("#transfer-target", str(node.agent_ids["bob"]))
+        await ann.click("#transfer-warm")
+        await expect(bob.locator("#ring")).to_be_visible(timeout=TIMEOUT * 1000)
+        await expect(bob.locator("#ring-kind")).to_contain_text("Consult from agent")
+        await expect(bob.locator("#ring-caller")).to_have_text(caller_shown or "")
+        await bob.click("#answer")
+        await expect(ann.locator("#transfer-state")).to_have_text(
+            "consulting", timeout=TIMEOUT * 1000
+        )
+        # Consulting: the agents hear each other; the caller's leg keeps sending (hold music).
+        assert await softphone.heard_rms(bob, above=0.05) > 0.05
+        assert await softphone.heard_rms(ann, above=0.05) > 0.05
+        during = sent().packets_sent
+        await softphone.eventually(lambda: sent().packets_sent >= during + 100)
+
+        await ann.click("#transfer-complete")
+        await expect(ann.locator("#call")).to_be_hidden(timeout=TIMEOUT * 1000)
+        await expect(ann.locator("#presence")).to_have_value("wrap_up")
+        await expect(bob.locator("#call-caller")).to_have_text(caller_shown or "")
+        # Ann is gone: what bob hears now is the caller, and the caller hears bob.
+        assert await softphone.heard_rms(bob, above=0.05) > 0.05
+        after = sent().packets_sent
+        await softphone.eventually(lambda: sent().packets_sent >= after + 200)
+        assert not inbound.ended.is_set()
+
+        await bob.click("#hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        heard = phone.recording("dec")
+        rate = phones.RATE
+        assert chime_heard(heard, rate), "the caller never heard the hold music"
+        mic = softphone.tone_bursts(softphone.MIC_TONES, 0.2, softphone.MIC_RATE, 0.5)
+        mic_8k = soxr.resample(mic, softphone.MIC_RATE, rate)
+        stretches = [
+            heard[-int((0.2 + 0.8 * k) * rate) - int(0.8 * rate) :][: int(0.8 * rate)]
+            for k in range(3)
+        ]
+        # Bob's microphone (ann's call had ended) reached the caller after the hand-over.
+        correlations = [softphone.best_normalised_correlation(x, mic_8k) for x in stretches]
+        assert max(correlations) > 0.8, correlations

@@ -162,7 +162,7 @@ async def test_supervisor_sees_presence_and_current_calls_with_masked_callers_on
     assert agents["dee"]["call"]["caller"] == "+49****6789"
     assert agents["dee"]["call"]["duration_seconds"] is None
     assert [c["call_id"] for c in body["calls"]] == [talking.call_id, ringing.call_id]
-    assert body["queue"] == {"depth": 0, "longest_wait_seconds": 0.0, "waiting": []}
+    assert body["queue"] == {"depth": 0, "longest_wait_seconds": 0.0, "waiting": [], "by_queue": {}}
 
 
 async def test_an_ended_call_leaves_the_view_and_a_detached_agent_shows_as_not_connected(

@@ -1,4 +1,4 @@
-"""The softphone signalling socket (protocol v1) through aiohttp, with real tokens."""
+"""The softphone signalling socket (protocol v2, v1 pages too) through aiohttp, real tokens."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
 from voicegw.api.softphone import CLOSE_AUTH, CLOSE_REPLACED, WS_PATH
-from voicegw.calls.agents import AgentDirectory, CallState
+from voicegw.calls.agents import AgentCall, AgentDirectory, CallState, ConsentView
 from voicegw.media.webrtc import LiveSource, WebRtcConfig
 from voicegw.store import tenants, tokens
 from voicegw.tenant_settings import TenantSettings
@@ -108,7 +108,7 @@ async def test_the_first_message_must_be_hello(world: World) -> None:
 BAD_MESSAGES = [
     ("not json", "bad_json"),
     ("[1, 2]", "bad_json"),
-    ('{"v": 2, "type": "ping"}', "unsupported_version"),
+    ('{"v": 3, "type": "ping"}', "unsupported_version"),
     ('{"v": 1, "type": "call.teleport"}', "unknown_type"),
     ('{"v": 1, "type": "call.hold", "call_id": "x", "on": "yes"}', "bad_field"),
     ('{"v": 1, "type": "presence.set", "presence": "on_call", "id": 9}', "invalid_presence"),
@@ -193,3 +193,109 @@ async def test_the_page_and_its_script_are_served_without_a_token_with_a_strict_
         async with world.client.get(path) as resp:
             assert resp.status == 200
             assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_a_v2_page_gets_v2_replies_and_transfer_requests_are_checked(world: World) -> None:
+    ws = await world.client.ws_connect(WS_PATH)
+    await ws.send_str(json.dumps({"v": 2, "type": "hello", "token": world.agent_token}))
+    assert (await receive(ws))["v"] == 2
+    # A call from the caller-side API alone has no owner that could move the caller.
+    call = world.agents.offer_call(
+        tenant_id="acme",
+        agent_id=world.agent_id,
+        caller="+6591234567",
+        source=LiveSource(),
+        sink=lambda _f: None,
+    )
+    offered = await receive(ws)
+    assert (offered["call"]["from_agent"], offered["call"]["transfer"]) == (None, None)
+    start = {"call_id": call.call_id, "mode": "warm", "target_kind": "agent", "target": "2"}
+    await ws.send_str(json.dumps({"v": 2, "type": "transfer.start", "id": 1, **start}))
+    assert (await receive(ws))["code"] == "invalid_state"  # still ringing
+    await ws.send_str(json.dumps({"v": 2, "type": "call.answer", "call_id": call.call_id}))
+    await receive(ws)
+    await receive(ws)
+    await ws.send_str(json.dumps({"v": 2, "type": "transfer.start", "id": 2, **start}))
+    refused = await receive(ws)
+    assert (refused["code"], refused["re"], refused["v"]) == ("transfer_unavailable", 2, 2)
+    await ws.send_str(json.dumps({"v": 2, "type": "transfer.start", "call_id": call.call_id}))
+    assert (await receive(ws))["code"] == "bad_field"
+    await ws.send_str(json.dumps({"v": 2, "type": "transfer.cancel", "call_id": call.call_id}))
+    assert (await receive(ws))["code"] == "invalid_transfer_state"
+    await ws.close()
+
+
+async def test_consent_state_reaches_the_page_and_its_secure_pause_reaches_the_consent_layer(
+    world: World,
+) -> None:
+    pauses: list[tuple[str, bool]] = []
+
+    async def consent_layer(call: AgentCall, on: bool) -> None:
+        pauses.append((call.call_id, on))
+
+    world.agents.on_secure_pause = consent_layer
+    ws = await signed_in(world)
+    call = world.agents.offer_call(
+        tenant_id="acme",
+        agent_id=world.agent_id,
+        caller="+6591234567",
+        source=LiveSource(),
+        sink=lambda _f: None,
+    )
+    await receive(ws)
+    world.agents.show_consent(call, ConsentView("granted", "opt_in"), recording="recording")
+    shown = (await receive(ws))["call"]
+    assert shown["consent"] == {"state": "granted", "mode": "opt_in"}
+    assert shown["recording"] == {"state": "recording", "secure_pause": False}
+    await send(ws, "call.answer", call_id=call.call_id)
+    await receive(ws)
+    await receive(ws)
+    await send(ws, "recording.secure_pause", call_id=call.call_id, on=True)
+    paused = await receive(ws)
+    assert paused["call"]["recording"]["secure_pause"] is True
+    assert pauses == [(call.call_id, True)]
+    world.agents.push_transcript(call.call_id, speaker="caller", text="hello", final=True)
+    assert await receive(ws) == {
+        "v": 1,
+        "type": "transcript",
+        "call_id": call.call_id,
+        "speaker": "caller",
+        "text": "hello",
+        "final": True,
+    }
+    await ws.close()
+
+
+async def test_an_admin_sets_an_agents_skills_which_the_live_session_uses_at_once(
+    world: World,
+) -> None:
+    ws = await signed_in(world)
+    url = f"/api/v1/tenants/acme/agents/{world.agent_id}/skills"
+    auth = {"Authorization": f"Bearer {world.admin_token}"}
+    async with world.client.put(url, json={"skills": ["es", "billing", "es"]}, headers=auth) as r:
+        assert r.status == 200
+        assert (await r.json())["skills"] == ["billing", "es"]
+    session = world.agents.session(world.agent_id)
+    assert session is not None and session.skills == {"billing", "es"}
+    assert world.agents.available_agents("acme", frozenset({"es"})) == [world.agent_id]
+    assert world.agents.available_agents("acme", frozenset({"fr"})) == []
+
+    async with world.client.put(url, json={"skills": ["Not A Skill"]}, headers=auth) as r:
+        assert r.status == 400 and (await r.json())["error"]["code"]
+    async with world.client.put(
+        "/api/v1/tenants/acme/agents/999/skills", json={"skills": []}, headers=auth
+    ) as r:
+        assert r.status == 404
+    agent_auth = {"Authorization": f"Bearer {world.agent_token}"}
+    async with world.client.put(url, json={"skills": []}, headers=agent_auth) as r:
+        assert r.status == 403
+    async with world.client.get("/api/v1/tenants/acme/audit", headers=auth) as r:
+        actions = [e["action"] for e in (await r.json())["events"]]
+    assert "tenant.agent.skills" in actions
+
+    # A later sign-in loads the stored skills.
+    await ws.close()
+    again = await signed_in(world)
+    session = world.agents.session(world.agent_id)
+    assert session is not None and session.skills == {"billing", "es"}
+    await again.close()

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from voicegw.api import admin, prompts, recordings, sip_users, supervisor
+from voicegw.api import (
+    admin,
+    agent_skills,
+    processing,
+    prompts,
+    recordings,
+    sip_users,
+    supervisor,
+)
 from voicegw.api.errors import Handler
 from voicegw.api.schemas import AgentCreate, NumberCreate, SettingsPatch, TenantCreate, TokenCreate
 
@@ -93,6 +101,14 @@ ROUTES: tuple[Route, ...] = (
         ADMIN,
         AgentCreate,
         201,
+    ),
+    Route(
+        "PUT",
+        f"{API}/tenants/{{tenant_id}}/agents/{{agent_id}}/skills",
+        agent_skills.set_skills,
+        "Replace an agent's skills (queues ring only agents with all of theirs); audited",
+        ADMIN,
+        agent_skills.AgentSkills,
     ),
     Route(
         "GET",
@@ -203,6 +219,14 @@ ROUTES: tuple[Route, ...] = (
         f"{API}/tenants/{{tenant_id}}/transcripts/{{object_id}}/text",
         recordings.transcript_text,
         "Download a decrypted transcript as JSON lines (streamed); audited before sending",
+        ADMIN,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/processing-records",
+        processing.list_processing_records,
+        "Processing records: which provider got which party's audio or text, for what, where, "
+        "on which rule (query: call_id, or since [until] as ISO 8601; limit, after)",
         ADMIN,
     ),
     Route(

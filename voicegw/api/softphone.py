@@ -1,4 +1,4 @@
-"""The agent softphone: its page and its signalling WebSocket (protocol v1).
+"""The agent softphone: its page and its signalling WebSocket (protocol v2).
 
 The wire format is specified in docs/softphone-protocol.md. The agent's
 bearer token travels in the first message (``hello``), not in the URL or a
@@ -44,7 +44,9 @@ __all__ = ["AGENTS", "PROTOCOL_VERSION", "SOFTPHONE_PATHS", "WS_PATH", "setup_so
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+#: Versions a page may speak: v2 only added messages and fields, so v1 pages still work.
+ACCEPTED_VERSIONS: Final = frozenset({1, 2})
 WS_PATH: Final = "/api/v1/softphone/ws"
 STATIC: Final = Path(__file__).parent / "static"
 PAGES: Final = MappingProxyType(
@@ -94,6 +96,14 @@ FIELDS: Final[Mapping[str, tuple[tuple[str, type], ...]]] = MappingProxyType(
         "webrtc.offer": (("call_id", str), ("sdp", str)),
         "webrtc.ice": (("call_id", str), ("candidate", str)),
         "recording.secure_pause": (("call_id", str), ("on", bool)),
+        "transfer.start": (
+            ("call_id", str),
+            ("mode", str),
+            ("target_kind", str),
+            ("target", str),
+        ),
+        "transfer.complete": (("call_id", str),),
+        "transfer.cancel": (("call_id", str),),
     }
 )
 
@@ -115,13 +125,15 @@ class SocketOutbox:
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self._ws = ws
+        #: The version the page signed in with (its hello's ``v``); every reply carries it.
+        self.version = PROTOCOL_VERSION
         self._close_code = CLOSE_REPLACED
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def send(self, message: dict[str, Any]) -> None:
         try:
-            self._queue.put_nowait(message)
+            self._queue.put_nowait({**message, "v": self.version})
         except asyncio.QueueFull:
             # A page that stopped reading: drop it rather than grow without bound.
             self.close()
@@ -196,6 +208,18 @@ async def _secure_pause(d: AgentDirectory, s: AgentSession, m: dict[str, Any]) -
     await d.secure_pause(s, m["call_id"], m["on"])
 
 
+async def _transfer(d: AgentDirectory, s: AgentSession, m: dict[str, Any]) -> None:
+    await d.transfer(s, m["call_id"], m["mode"], m["target_kind"], m["target"])
+
+
+async def _transfer_complete(d: AgentDirectory, s: AgentSession, m: dict[str, Any]) -> None:
+    await d.transfer_complete(s, m["call_id"])
+
+
+async def _transfer_cancel(d: AgentDirectory, s: AgentSession, m: dict[str, Any]) -> None:
+    await d.transfer_cancel(s, m["call_id"])
+
+
 async def _ping(_d: AgentDirectory, _s: AgentSession, _m: dict[str, Any]) -> dict[str, Any]:
     return _message("pong")
 
@@ -213,6 +237,9 @@ HANDLERS: Final[Mapping[str, Handler]] = MappingProxyType(
         "webrtc.offer": _offer,
         "webrtc.ice": _ice,
         "recording.secure_pause": _secure_pause,
+        "transfer.start": _transfer,
+        "transfer.complete": _transfer_complete,
+        "transfer.cancel": _transfer_cancel,
     }
 )
 
@@ -225,7 +252,7 @@ def parse(raw: str) -> dict[str, Any]:
         raise SoftphoneError("bad_json", "messages are JSON objects") from exc
     if not isinstance(message, dict):
         raise SoftphoneError("bad_json", "messages are JSON objects")
-    if message.get("v") != PROTOCOL_VERSION:
+    if message.get("v") not in ACCEPTED_VERSIONS:
         raise SoftphoneError("unsupported_version", f"this server speaks v{PROTOCOL_VERSION}")
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in FIELDS:
@@ -236,7 +263,7 @@ def parse(raw: str) -> dict[str, Any]:
     return message
 
 
-async def _authenticate(request: web.Request, token: str) -> tuple[str, int]:
+async def _authenticate(request: web.Request, token: str) -> tuple[str, int, list[str]]:
     async with request.app[SESSIONS]() as db:
         who = await tokens.authenticate(db, token)
         if who is None or who.role != "agent" or who.agent_id is None or who.tenant_id is None:
@@ -244,7 +271,7 @@ async def _authenticate(request: web.Request, token: str) -> tuple[str, int]:
         agent = await tenants.get_agent(db, who.tenant_id, who.agent_id)
     if agent is None or not agent.enabled:
         raise SoftphoneError("unauthorized", "the agent is unknown or disabled")
-    return who.tenant_id, who.agent_id
+    return who.tenant_id, who.agent_id, list(agent.skills)
 
 
 def _welcome(directory: AgentDirectory, session: AgentSession) -> dict[str, Any]:
@@ -275,11 +302,12 @@ async def _hello(
         hello = parse(msg.data)
         if hello["type"] != "hello":
             raise SoftphoneError("not_signed_in", "the first message must be hello")
-        tenant_id, agent_id = await _authenticate(request, hello["token"])
+        outbox.version = hello["v"]
+        tenant_id, agent_id, skills = await _authenticate(request, hello["token"])
     except SoftphoneError as exc:
         outbox.send(error_message(exc.code, exc.message))
         return None
-    session = directory.sign_in(tenant_id, agent_id, outbox)
+    session = directory.sign_in(tenant_id, agent_id, outbox, skills)
     outbox.send(_welcome(directory, session))
     log.info("agent %s signed in to the softphone", agent_id)
     return session

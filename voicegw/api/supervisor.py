@@ -71,6 +71,7 @@ def waiting_view(caller: WaitingCaller) -> dict[str, Any]:
         "caller": caller.caller,
         "wait_seconds": round(caller.waited, 1),
         "ringing_agent": caller.ringing_agent,
+        "queue": caller.queue,
     }
 
 
@@ -91,6 +92,16 @@ async def supervisor_view(request: web.Request) -> web.Response:
                 "depth": len(waiting),
                 "longest_wait_seconds": round(max((w.waited for w in waiting), default=0.0), 1),
                 "waiting": [waiting_view(w) for w in waiting],
+                # Per queue (skills queues of the tenant): depth and longest wait.
+                "by_queue": {
+                    name: {
+                        "depth": sum(1 for w in waiting if w.queue == name),
+                        "longest_wait_seconds": round(
+                            max((w.waited for w in waiting if w.queue == name), default=0.0), 1
+                        ),
+                    }
+                    for name in sorted({w.queue for w in waiting})
+                },
             },
             "calls": [call_view(c, now) for c in calls],
         }

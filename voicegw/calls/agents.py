@@ -24,12 +24,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
+from voicegw.calls.agent_transfers import TargetKind, TransferError, TransferMode, TransferTarget
 from voicegw.logs import mask_number
 from voicegw.media.webrtc import FrameSource, WebRtcConfig, WebRtcLeg, WebRtcLegError
 
@@ -52,6 +53,8 @@ __all__ = [
     "SessionReplaced",
     "SoftphoneError",
     "TranscriptLine",
+    "TransferControl",
+    "TransferView",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,20 @@ CALL_RULES: Final[Mapping[tuple[CallState, CallAction], CallState]] = MappingPro
 MEDIA_STATES: Final = frozenset({C.ACTIVE, C.HELD})
 
 
+TransferModes: Final = {m.value: m for m in TransferMode}
+TargetKinds: Final = {k.value: k for k in TargetKind}
+
+
+_T = TypeVar("_T")
+
+
+def _enum(table: Mapping[str, _T], value: str, name: str) -> _T:
+    found = table.get(value)
+    if found is None:
+        raise ValueError(f"{name} must be one of {sorted(table)}")
+    return found
+
+
 class SoftphoneError(Exception):
     """A request the softphone may not make now; ``code`` is stable for the page."""
 
@@ -146,7 +163,7 @@ class SoftphoneError(Exception):
 
 @dataclass(frozen=True)
 class ConsentView:
-    """Placeholder until the consent layer reports per call."""
+    """The caller's consent state (``voicegw.consent.State`` values) and the tenant's mode."""
 
     state: str = "unknown"
     mode: str | None = None
@@ -154,10 +171,20 @@ class ConsentView:
 
 @dataclass(frozen=True)
 class RecordingView:
-    """Placeholder until the recording layer reports; secure pause is acknowledged only."""
+    """``off``, ``recording`` or ``paused`` (from the consent state) and the agent's pause."""
 
     state: str = "off"
     secure_pause: bool = False
+
+
+@dataclass(frozen=True)
+class TransferView:
+    """The transfer of this call the agent started, as the page shows it."""
+
+    mode: str
+    target: str  # "agent:7", "queue:sales", "number:+65****4567" (masked)
+    state: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +199,9 @@ class CallView:
     ended_reason: str | None
     consent: ConsentView
     recording: RecordingView
+    #: A consult call: the agent who is transferring a caller to this agent (else None).
+    from_agent: int | None = None
+    transfer: TransferView | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +235,22 @@ class SessionReplaced:
 AgentEvent = PresenceChanged | CallOffered | CallStateChanged | TranscriptLine | SessionReplaced
 
 
+class TransferControl(Protocol):
+    """Who owns a call's caller side and can move it (the agent bridge).
+
+    Each method raises :class:`~voicegw.calls.agent_transfers.TransferError` when the
+    request does not apply now.
+    """
+
+    async def start_transfer(
+        self, call: AgentCall, mode: TransferMode, target: TransferTarget
+    ) -> None: ...
+
+    async def complete_transfer(self, call: AgentCall) -> None: ...
+
+    async def cancel_transfer(self, call: AgentCall) -> None: ...
+
+
 class Outbox(Protocol):
     """The socket side of a session: must not block (queue and return)."""
 
@@ -232,8 +278,16 @@ class AgentCall:
     ended_reason: str | None = None
     secure_pause: bool = False
     consent: ConsentView = field(default_factory=ConsentView)
+    #: What the consent layer says of the recording: ``off``, ``recording``, ``paused``.
+    recording: str = "off"
     dtmf: list[str] = field(default_factory=list)
     leg: WebRtcLeg | None = None
+    #: A consult call: the agent transferring a caller to this call's agent.
+    from_agent: int | None = None
+    #: The transfer this call's agent started, as shown on the page.
+    transfer: TransferView | None = None
+    #: The caller side's owner, who carries transfers out (None: no transfers).
+    control: TransferControl | None = None
     #: Wall-clock times (``time.time()``) for the supervisor view's durations.
     offered_at: float = field(default_factory=time.time)
     answered_at: float | None = None
@@ -250,8 +304,18 @@ class AgentCall:
             media=self.leg.connection_state if self.leg is not None else "none",
             ended_reason=self.ended_reason,
             consent=self.consent,
-            recording=RecordingView(secure_pause=self.secure_pause),
+            recording=RecordingView(state=self.recording, secure_pause=self.secure_pause),
+            from_agent=self.from_agent,
+            transfer=self.transfer,
         )
+
+    def next_frame(self) -> bytes | None:
+        """What the agent hears now: read through the call so a transfer can re-route it."""
+        return self.source.next_frame()
+
+    def from_agent_audio(self, pcm: bytes) -> None:
+        """The agent's 20 ms frame, to wherever the call is routed now."""
+        self.sink(pcm)
 
     async def until(self, predicate: Callable[[AgentCall], bool]) -> None:
         """Wait until ``predicate(call)`` holds; callers bound it with ``asyncio.timeout``."""
@@ -272,6 +336,8 @@ class AgentSession:
     outbox: Outbox | None = None
     call: AgentCall | None = None
     wrap_up: asyncio.TimerHandle | None = None
+    #: What the agent can take (queues ring only agents with all of their skills).
+    skills: frozenset[str] = frozenset()
     #: When ``presence`` last changed (``time.time()``), for the supervisor view.
     presence_since: float = field(default_factory=time.time)
 
@@ -290,6 +356,8 @@ class AgentDirectory:
         self.wrap_up_seconds = wrap_up_seconds
         self._sessions: dict[int, AgentSession] = {}
         self._calls: dict[str, AgentCall] = {}
+        #: Carries a page's secure pause to the consent layer (None: acknowledged only).
+        self.on_secure_pause: Callable[[AgentCall, bool], Awaitable[None]] | None = None
 
     # --- sessions ----------------------------------------------------------------------
 
@@ -304,8 +372,8 @@ class AgentDirectory:
         """The calls of ``tenant_id`` offered to agents and not ended yet (read-only use)."""
         return [c for c in self._calls.values() if c.tenant_id == tenant_id]
 
-    def available_agents(self, tenant_id: str) -> list[int]:
-        """Agents of ``tenant_id`` that :meth:`offer_call` would ring right now."""
+    def available_agents(self, tenant_id: str, skills: frozenset[str] = frozenset()) -> list[int]:
+        """Agents of ``tenant_id`` with all of ``skills`` that :meth:`offer_call` would ring now."""
         return [
             s.agent_id
             for s in self._sessions.values()
@@ -313,20 +381,34 @@ class AgentDirectory:
             and s.outbox is not None
             and s.presence is Presence.AVAILABLE
             and s.call is None
+            and skills <= s.skills
         ]
 
-    def sign_in(self, tenant_id: str, agent_id: int, outbox: Outbox) -> AgentSession:
+    def sign_in(
+        self,
+        tenant_id: str,
+        agent_id: int,
+        outbox: Outbox,
+        skills: Iterable[str] = (),
+    ) -> AgentSession:
         """Attach ``outbox`` to the agent's session, creating it or taking it over."""
         session = self._sessions.get(agent_id)
         if session is None:
             session = AgentSession(tenant_id=tenant_id, agent_id=agent_id)
             self._sessions[agent_id] = session
+        session.skills = frozenset(skills)
         previous, session.outbox = session.outbox, outbox
         if previous is not None and previous is not outbox:
             log.info("agent %s signed in again: closing the older softphone", agent_id)
             previous.deliver(SessionReplaced())
             previous.close()
         return session
+
+    def set_skills(self, tenant_id: str, agent_id: int, skills: Iterable[str]) -> None:
+        """The agent's skills changed (admin API): queues use them from now on."""
+        session = self._sessions.get(agent_id)
+        if session is not None and session.tenant_id == tenant_id:
+            session.skills = frozenset(skills)
 
     def detach(self, session: AgentSession, outbox: Outbox) -> None:
         """The socket went away; the session and its call stay for a reconnect."""
@@ -374,8 +456,14 @@ class AgentDirectory:
         caller: str,
         source: FrameSource,
         sink: Callable[[bytes], None],
+        control: TransferControl | None = None,
+        from_agent: int | None = None,
     ) -> AgentCall:
-        """Ring an available, connected agent of ``tenant_id``; raises ``agent_unavailable``."""
+        """Ring an available, connected agent of ``tenant_id``; raises ``agent_unavailable``.
+
+        ``control`` (the caller side's owner) makes the call transferable;
+        ``from_agent`` marks a consult call from that agent.
+        """
         session = self._sessions.get(agent_id)
         if (
             session is None
@@ -392,6 +480,8 @@ class AgentDirectory:
             caller=caller,
             source=source,
             sink=sink,
+            control=control,
+            from_agent=from_agent,
         )
         self._calls[call.call_id] = call
         session.call = call
@@ -406,6 +496,50 @@ class AgentDirectory:
         call = self._calls.get(call_id)
         if call is not None and call.state is not CallState.ENDED:
             await self._finish(call, reason)
+
+    def call(self, call_id: str) -> AgentCall | None:
+        """A call offered to an agent and not ended yet."""
+        return self._calls.get(call_id)
+
+    def reroute(
+        self,
+        call: AgentCall,
+        source: FrameSource,
+        sink: Callable[[bytes], None],
+        *,
+        caller: str | None = None,
+        from_agent: int | None = None,
+    ) -> None:
+        """Point the agent's audio at other parties (a transfer); the WebRTC leg stays up.
+
+        ``caller`` set: the call now carries that caller (a consult call that
+        became the caller's call); ``from_agent`` is then cleared.
+        """
+        call.source, call.sink = source, sink
+        if caller is not None:
+            call.caller = caller
+            call.from_agent = from_agent
+        self._changed(call)
+
+    def show_transfer(self, call: AgentCall, view: TransferView | None) -> None:
+        call.transfer = view
+        self._changed(call)
+
+    def show_consent(
+        self,
+        call: AgentCall,
+        consent: ConsentView,
+        *,
+        recording: str | None = None,
+        secure_pause: bool | None = None,
+    ) -> None:
+        """The consent layer's state for the call (and a pause it enforced), on the page."""
+        call.consent = consent
+        if recording is not None:
+            call.recording = recording
+        if secure_pause is not None:
+            call.secure_pause = secure_pause
+        self._changed(call)
 
     def push_transcript(self, call_id: str, *, speaker: str, text: str, final: bool) -> None:
         """Show a transcript line on the agent's page (never logged)."""
@@ -434,6 +568,18 @@ class AgentDirectory:
         """Answer, decline, hold, unhold or hang up one of the agent's calls."""
         call = self._call_of(session, call_id)
         target = self._next_state(call, action)
+        transfer = call.transfer
+        if (
+            action is CallAction.HANGUP
+            and call.control is not None
+            and transfer is not None
+            and transfer.state in ("ringing", "consulting")
+        ):
+            # Hanging up while consulting hands the caller over; while ringing, it gives up.
+            if transfer.state == "consulting":
+                await self._transfer_step(call.control.complete_transfer(call))
+                return
+            await self._transfer_step(call.control.cancel_transfer(call))
         if target is CallState.ENDED:
             reason = "declined" if action is CallAction.DECLINE else "agent_hangup"
             await self._finish(call, reason)
@@ -465,11 +611,50 @@ class AgentDirectory:
         call.dtmf.extend(digits)
         call._notify()
 
+    async def transfer(
+        self, session: AgentSession, call_id: str, mode: str, kind: str, target: str
+    ) -> None:
+        """Start a blind or warm transfer of the caller on ``call_id``."""
+        call = self._call_of(session, call_id)
+        if call.state not in MEDIA_STATES or call.from_agent is not None:
+            raise SoftphoneError("invalid_state", "only a connected caller can be transferred")
+        if call.control is None:
+            raise SoftphoneError("transfer_unavailable", "this call cannot be transferred")
+        try:
+            parsed = TransferTarget(_enum(TargetKinds, kind, "target_kind"), target.strip())
+            chosen = _enum(TransferModes, mode, "mode")
+        except ValueError as exc:
+            raise SoftphoneError("bad_field", str(exc)) from None
+        if not parsed.value or len(parsed.value) > 64:
+            raise SoftphoneError("invalid_target", "the target is empty or too long")
+        await self._transfer_step(call.control.start_transfer(call, chosen, parsed))
+
+    async def transfer_complete(self, session: AgentSession, call_id: str) -> None:
+        call = self._call_of(session, call_id)
+        if call.control is None or call.transfer is None:
+            raise SoftphoneError("invalid_transfer_state", "no transfer to complete")
+        await self._transfer_step(call.control.complete_transfer(call))
+
+    async def transfer_cancel(self, session: AgentSession, call_id: str) -> None:
+        call = self._call_of(session, call_id)
+        if call.control is None or call.transfer is None:
+            raise SoftphoneError("invalid_transfer_state", "no transfer to cancel")
+        await self._transfer_step(call.control.cancel_transfer(call))
+
+    @staticmethod
+    async def _transfer_step(step: Awaitable[None]) -> None:
+        try:
+            await step
+        except TransferError as exc:
+            raise SoftphoneError(exc.code, exc.message) from None
+
     async def secure_pause(self, session: AgentSession, call_id: str, on: bool) -> None:
-        """Acknowledge the agent's request; enforcing it is the recording layer's job."""
+        """The agent's secure pause: to the consent layer (which enforces it), then the page."""
         call = self._call_of(session, call_id)
         if call.state not in MEDIA_STATES:
             raise SoftphoneError("invalid_state", "secure pause applies to a connected call")
+        if self.on_secure_pause is not None:
+            await self.on_secure_pause(call, on)
         call.secure_pause = on
         self._changed(call)
 
@@ -481,8 +666,9 @@ class AgentDirectory:
         old, call.leg = call.leg, None
         if old is not None:
             await old.close()
+        # The leg reads and writes through the call, so a transfer re-routes live audio.
         leg = WebRtcLeg(
-            self.webrtc, call.source, call.sink, on_state=lambda _s: self._changed(call)
+            self.webrtc, call, call.from_agent_audio, on_state=lambda _s: self._changed(call)
         )
         leg.hold(call.held)
         leg.mute(call.muted)

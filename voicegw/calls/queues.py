@@ -17,20 +17,29 @@ Rules:
   offered that call again for ``retry_after`` seconds;
 * with nobody to ring, the caller waits (:class:`Waiting`: hold music);
 * after ``max_wait`` seconds in the queue the call overflows (:class:`Overflowed`).
+
+Which queue a call joins is :class:`QueueTable`'s answer: a tenant's queue
+whose ``numbers`` hold the dialled number, else the tenant's ``default`` queue
+(every agent of the tenant, the node's default settings). A queue rings only
+agents who have every one of its ``skills``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "CallQueue",
     "Offer",
     "Overflowed",
     "QueueAction",
+    "QueueDefinition",
     "QueueSettings",
+    "QueueTable",
     "StopRinging",
     "Waiting",
 ]
@@ -48,6 +57,79 @@ class QueueSettings:
             raise ValueError("ring_timeout must be within 0..300 s and max_wait within 0..3600 s")
         if self.retry_after < 0:
             raise ValueError("retry_after must not be negative")
+
+
+#: The queue of a tenant's calls that no configured queue claims.
+DEFAULT_QUEUE: Final = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDefinition:
+    """One queue of one tenant: what it answers, whom it rings and how long it waits."""
+
+    name: str
+    tenant_id: str
+    #: Dialled numbers (E.164) whose calls join this queue.
+    numbers: frozenset[str] = frozenset()
+    #: An agent must have all of these to be rung.
+    skills: frozenset[str] = frozenset()
+    settings: QueueSettings = field(default_factory=lambda: QueueSettings())
+    #: Waiting callers hear hold music (False: ringback, the call stays unanswered).
+    hold_music: bool = True
+    #: Where a caller who waited ``max_wait`` goes: another queue of the tenant, or the
+    #: overflow treatment (a final status, or the announcement and BYE) when None.
+    overflow_queue: str | None = None
+    #: Final status for an unanswered caller who overflowed (None: the bridge's default).
+    overflow_status: int | None = None
+
+    def admits(self, skills: frozenset[str]) -> bool:
+        return self.skills <= skills
+
+
+class QueueTable:
+    """The queues of every tenant, looked up by dialled number or by name."""
+
+    def __init__(
+        self, queues: Iterable[QueueDefinition] = (), default: QueueSettings | None = None
+    ) -> None:
+        self.default = default or QueueSettings()
+        self._by_name: dict[tuple[str, str], QueueDefinition] = {}
+        self._by_number: dict[tuple[str, str], QueueDefinition] = {}
+        for queue in queues:
+            key = (queue.tenant_id, queue.name)
+            if key in self._by_name:
+                raise ValueError(f"queue {queue.name} of {queue.tenant_id} is defined twice")
+            self._by_name[key] = queue
+            for number in queue.numbers:
+                if (queue.tenant_id, number) in self._by_number:
+                    raise ValueError(f"number {number} is in two queues of {queue.tenant_id}")
+                self._by_number[(queue.tenant_id, number)] = queue
+        for queue in self._by_name.values():
+            target = queue.overflow_queue
+            known = target in (None, DEFAULT_QUEUE) or (queue.tenant_id, target) in self._by_name
+            if not known or target == queue.name:
+                raise ValueError(f"queue {queue.name} overflows to unknown queue {target}")
+
+    def for_call(self, tenant_id: str, dialled: str | None) -> QueueDefinition:
+        """The queue a call to ``dialled`` joins (the tenant's default one if none claims it)."""
+        found = self._by_number.get((tenant_id, dialled)) if dialled is not None else None
+        return found or self.get(tenant_id, DEFAULT_QUEUE) or self._default(tenant_id)
+
+    def get(self, tenant_id: str, name: str) -> QueueDefinition | None:
+        found = self._by_name.get((tenant_id, name))
+        if found is None and name == DEFAULT_QUEUE:
+            return self._default(tenant_id)
+        return found
+
+    def names(self, tenant_id: str) -> frozenset[str]:
+        return frozenset({DEFAULT_QUEUE} | {n for t, n in self._by_name if t == tenant_id})
+
+    def _default(self, tenant_id: str) -> QueueDefinition:
+        return QueueDefinition(DEFAULT_QUEUE, tenant_id, settings=self.default)
+
+    @property
+    def definitions(self) -> Mapping[tuple[str, str], QueueDefinition]:
+        return self._by_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +197,15 @@ class CallQueue:
 
     # --- what happened ------------------------------------------------------------------
 
-    def join(self, call: str, now: float) -> None:
+    def join(self, call: str, now: float, *, passed_over: Iterable[int] = ()) -> None:
+        """``passed_over``: agents not to ring for ``retry_after`` (who just transferred it)."""
         if call in self._calls:
             raise ValueError("call is already queued")
-        self._calls[call] = _Queued(call, give_up_at=now + self.settings.max_wait)
+        self._calls[call] = _Queued(
+            call,
+            give_up_at=now + self.settings.max_wait,
+            not_before={agent: now + self.settings.retry_after for agent in passed_over},
+        )
 
     def leave(self, call: str) -> None:
         """The call was answered by its agent or the caller hung up."""

@@ -243,6 +243,24 @@ async def add_agent(
     return row
 
 
+async def set_agent_skills(
+    session: AsyncSession, *, actor: str, agent: Agent, skills: list[str]
+) -> Agent:
+    """Replace an agent's skills (queues ring only agents with all of theirs); audited."""
+    before = list(agent.skills)
+    agent.skills = skills
+    await session.flush()
+    await audit.append(
+        session,
+        actor=actor,
+        tenant_id=agent.tenant_id,
+        action="tenant.agent.skills",
+        target=f"tenant/{agent.tenant_id}/agents/{agent.id}",
+        details={"before": before, "after": skills},
+    )
+    return agent
+
+
 async def list_agents(session: AsyncSession, tenant_id: str) -> list[Agent]:
     query = select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.id)
     return list((await session.execute(query)).scalars())

@@ -1,10 +1,10 @@
-// voicegw agent softphone: signalling protocol v1 (docs/softphone-protocol.md).
+// voicegw agent softphone: signalling protocol v2 (docs/softphone-protocol.md).
 // Plain JS, no build step. The token lives in sessionStorage so a reload of
 // this tab signs in again and resumes the agent's call.
 "use strict";
 
 (() => {
-  const PROTOCOL = 1;
+  const PROTOCOL = 2;
   const TOKEN_KEY = "voicegw.softphone.token";
   const WS_PATH = "/api/v1/softphone/ws";
   const CLOSE_AUTH = 4003;
@@ -151,12 +151,17 @@
     $("ring").hidden = !ringing;
     $("call").hidden = !connected;
     if (ringing) {
+      // A consult call comes from a colleague about a caller (warm transfer).
+      $("ring-kind").textContent = call.from_agent != null
+        ? "Consult from agent " + call.from_agent + " about" : "Incoming call";
       $("ring-tenant").textContent = call.tenant_id;
       $("ring-caller").textContent = call.caller;
     }
     if (connected) {
       if (!previous || previous.call_id !== call.call_id) $("transcript").replaceChildren();
-      $("call-caller").textContent = call.caller;
+      $("call-caller").textContent = call.from_agent != null
+        ? "agent " + call.from_agent + " (consult about " + call.caller + ")" : call.caller;
+      renderTransfer(call);
       $("call-state").textContent = call.state;
       $("call-media").textContent = call.media;
       $("hold").setAttribute("aria-pressed", String(call.held));
@@ -167,6 +172,20 @@
       if (state.mic) state.mic.getAudioTracks().forEach((t) => { t.enabled = !call.muted; });
     }
     if (!state.call) closeMedia();
+  }
+
+  function renderTransfer(call) {
+    const transfer = call.transfer;
+    const live = transfer && (transfer.state === "ringing" || transfer.state === "consulting");
+    // A consult call itself cannot be transferred: only the agent holding the caller can.
+    $("transfer-form").hidden = call.from_agent != null || Boolean(live);
+    $("transfer").hidden = !transfer;
+    if (!transfer) return;
+    $("transfer-mode").textContent = transfer.mode;
+    $("transfer-to").textContent = transfer.target;
+    $("transfer-state").textContent = transfer.state + (transfer.reason ? " (" + transfer.reason + ")" : "");
+    $("transfer-complete").hidden = transfer.state !== "consulting";
+    $("transfer-cancel").hidden = !live;
   }
 
   function addTranscript(message) {
@@ -283,6 +302,17 @@
     $("mute").addEventListener("click", () => onCall("call.mute", () => ({ on: !state.call.muted })));
     $("secure-pause").addEventListener("click", () =>
       onCall("recording.secure_pause", () => ({ on: !state.call.recording.secure_pause })));
+    $("transfer-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const mode = event.submitter ? event.submitter.value : "warm";
+      onCall("transfer.start", () => ({
+        mode,
+        target_kind: $("transfer-kind").value,
+        target: $("transfer-target").value.trim(),
+      }));
+    });
+    $("transfer-complete").addEventListener("click", () => onCall("transfer.complete"));
+    $("transfer-cancel").addEventListener("click", () => onCall("transfer.cancel"));
     for (const key of KEYS) {
       const button = document.createElement("button");
       button.type = "button";

@@ -1,0 +1,214 @@
+"""Consent state, recording state, live transcript and secure pause on the agent's page.
+
+The real stack on loopback: a scripted trunk caller (speaking eSpeak's voice
+over PCMU), the tenant's consent flow (a spoken notice, the recorder behind the
+gate), the live view, the agent bridge and an agent's session in a real
+:class:`AgentDirectory`. The transcript comes from the local pocketsphinx
+engine through the speech policy, as on a production node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+import tests.calls.test_agent_bridge as loopback
+from voicegw.asr.registry import default_asr_registry
+from voicegw.calls.agent_bridge import AgentBridge, AgentBridgeConfig
+from voicegw.calls.agent_live import AgentLiveView
+from voicegw.calls.agents import (
+    AgentDirectory,
+    AgentEvent,
+    AgentSession,
+    CallAction,
+    CallStateChanged,
+    CallView,
+    TranscriptLine,
+)
+from voicegw.calls.consented import ConsentedDeps, ConsentedService, with_consent
+from voicegw.calls.prompts import PromptCache
+from voicegw.calls.routing import Router, Service
+from voicegw.calls.sip_calls import SipCalls
+from voicegw.calls.sip_service import SipService, SipServiceConfig
+from voicegw.media.clock import MediaClock
+from voicegw.media.codecs import PCMU
+from voicegw.media.ports import PortAllocator
+from voicegw.media.rtp import RtpPacket
+from voicegw.media.webrtc import FRAME_BYTES, WebRtcConfig
+from voicegw.privacy.registry import Registry
+from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.sip.transport import ListenAddresses
+from voicegw.store import migrate, tenants
+from voicegw.store.db import create_engine, session_factory
+from voicegw.store.models import AuditEvent
+from voicegw.tenant_settings import ConsentPrompt, TenantSettings
+from voicegw.tts.espeak_local import EspeakTts
+from voicegw.tts.registry import TtsRegistry
+
+AGENT = 7
+SAID = "please check the status of my order number"
+TIMEOUT = 45.0  # the local recogniser's first decode includes loading its model
+
+
+@dataclass
+class Node:
+    agents: AgentDirectory
+    consented: ConsentedService
+    caller: loopback.Caller
+    sessions: async_sessionmaker[AsyncSession]
+    session: AgentSession
+    page: loopback.Page
+
+    async def next(self, kind: type, seconds: float = TIMEOUT) -> AgentEvent:
+        async with asyncio.timeout(seconds):
+            while True:
+                event = await self.page.events.get()
+                if isinstance(event, kind):
+                    return event
+
+    async def call_where(
+        self, check: Callable[[CallView], bool], seconds: float = TIMEOUT
+    ) -> CallView:
+        async with asyncio.timeout(seconds):
+            while True:
+                event = await self.page.events.get()
+                if isinstance(event, CallStateChanged) and check(event.call):
+                    return event.call
+
+
+async def speak(caller: loopback.Caller, pcm: bytes) -> None:
+    """The caller says ``pcm`` again and again (with a pause), paced at 20 ms."""
+    assert caller.rtp.transport is not None and caller.media_at is not None
+    padded = pcm + bytes(-len(pcm) % FRAME_BYTES) + bytes(FRAME_BYTES * 40)
+    frames = [padded[i : i + FRAME_BYTES] for i in range(0, len(padded), FRAME_BYTES)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n in range(3000):  # a minute at most
+        packet = RtpPacket(0, n, 160 * n, 0x5EED, PCMU.encode(frames[n % len(frames)]), n == 0)
+        caller.rtp.transport.sendto(bytes(packet), caller.media_at)
+        await asyncio.sleep(max(0.0, start + 0.02 * (n + 1) - loop.time()))
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'voicegw.db'}")
+    await migrate.upgrade(engine)
+    sessions = session_factory(engine)
+    settings = TenantSettings(
+        recording_mode="notify",
+        transcription_enabled=True,
+        consent_prompt=ConsentPrompt(text="This call is recorded."),
+    )
+    async with sessions.begin() as s:
+        await tenants.create_tenant(
+            s, actor="test", tenant_id=loopback.TENANT, name="Acme", settings=settings
+        )
+        await tenants.add_number(s, actor="test", tenant_id=loopback.TENANT, number=loopback.NUMBER)
+    clock = MediaClock()
+    clock.start()
+    tts: TtsRegistry = Registry("tts")
+    tts.register(EspeakTts())
+    asr = default_asr_registry()
+    service = SipService(
+        SipServiceConfig(
+            domain=loopback.DOMAIN,
+            nonce_secret=b"0123456789abcdef-test-secret",
+            listen=ListenAddresses(udp=("127.0.0.1", 0)),
+        ),
+        sessions,
+    )
+    agents = AgentDirectory(WebRtcConfig(host_addresses=("127.0.0.1",)), wrap_up_seconds=0)
+    bridge = AgentBridge(agents, AgentBridgeConfig(queue=loopback.QUICK))
+    live = AgentLiveView(bridge, clock=clock, asr=asr)
+    consented = with_consent(
+        live,
+        ConsentedDeps(
+            sessions=sessions,
+            storage=LocalFilesystemStorage(tmp_path / "recordings"),
+            keys=LocalKeyring(tmp_path / "keys"),
+            clock=clock,
+            tts=tts,
+            prompt_cache=PromptCache(),
+            asr=asr,
+        ),
+    )
+    live.attach(consented)
+
+    async def owner(number: str) -> str | None:
+        async with sessions() as s:
+            found = await tenants.tenant_for_number(s, number)
+            return None if found is None else found.tenant_id
+
+    calls = SipCalls(
+        service,
+        Router(owner),
+        PortAllocator("127.0.0.1", 45000, 45999),
+        {Service.AGENT_QUEUE: consented},
+    )
+    calls.attach()
+    await service.start()
+    loop = asyncio.get_running_loop()
+    _, sip = await loop.create_datagram_endpoint(loopback.Socket, local_addr=("127.0.0.1", 0))
+    _, rtp = await loop.create_datagram_endpoint(loopback.Socket, local_addr=("127.0.0.1", 0))
+    assert service.transports.bound.udp is not None
+    caller = loopback.Caller(sip, rtp, service.transports.bound.udp)
+    page = loopback.Page()
+    session = agents.sign_in(loopback.TENANT, AGENT, page)
+    try:
+        yield Node(agents, consented, caller, sessions, session, page)
+    finally:
+        await caller.hang_up()
+        await calls.close()
+        await bridge.close()
+        await agents.close()
+        await service.stop()
+        for socket in (sip, rtp):
+            assert socket.transport is not None
+            socket.transport.close()
+        for provider in asr.list():
+            await provider.aclose()
+        await clock.stop()
+        await engine.dispose()
+
+
+async def test_the_page_shows_consent_and_transcript_and_its_secure_pause_reaches_the_flow(
+    node: Node,
+) -> None:
+    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
+    node.caller.invite()
+    assert (await node.caller.final()).status == 200  # the consent flow answers to notify
+    speaking = asyncio.create_task(speak(node.caller, speech))
+    try:
+        # The notice has played: the ringing agent already sees the caller's state.
+        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
+        assert (ringing.consent.mode, ringing.recording.state) == ("notify", "recording")
+        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
+
+        line = await node.next(TranscriptLine)
+        assert isinstance(line, TranscriptLine)
+        assert line.call_id == ringing.call_id and line.speaker == "caller" and line.text
+
+        await node.agents.secure_pause(node.session, ringing.call_id, True)
+        paused = await node.call_where(lambda c: c.consent.state == "paused", 5.0)
+        assert paused.recording.state == "paused" and paused.recording.secure_pause
+        async with node.sessions() as s:
+            actions = (
+                await s.execute(select(AuditEvent.action).where(AuditEvent.actor == "agent:7"))
+            ).scalars()
+            assert "call.secure_pause" in list(actions)
+
+        await node.agents.secure_pause(node.session, ringing.call_id, False)
+        resumed = await node.call_where(lambda c: c.consent.state == "notice_only", 5.0)
+        assert resumed.recording.state == "recording" and not resumed.recording.secure_pause
+    finally:
+        speaking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await speaking
