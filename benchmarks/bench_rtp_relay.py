@@ -7,11 +7,19 @@ peers``) paced by the media clock, so the CPU time measured in this process is
 the relay's own: socket reads and writes, the strict-RTP checks, stats and
 renumbering. Each run starts a fresh subprocess; figures are medians over runs.
 
+With ``--both-ways`` the callee talks too (leg B relays to the caller through
+leg A): a B2BUA-bridged call with G.711 in both directions. With ``--taps``
+each call also has a :class:`~voicegw.media.taps.CallTap` on both legs (both
+parties decoded to PCM each 20 ms tick, batched across calls, through the
+jitter buffers) drained every 200 ms by one consumer task per call, as the
+echo service's meter does; "tap frames" is the share of the expected
+received-audio frames the consumers got.
+
 Also printed: the sans-IO cost of the hot path alone (``leg.receive`` plus
 ``peer.relay`` per packet, no sockets), for comparison.
 
     .venv/bin/python benchmarks/bench_rtp_relay.py [--calls 100] [--duration 10]
-        [--runs 3] [--uvloop]
+        [--runs 3] [--uvloop] [--both-ways] [--taps]
 
 Traffic goes to 127.0.0.1 only; the whole benchmark stops after about
 ``--duration`` seconds.
@@ -34,6 +42,7 @@ from voicegw.media.codecs import PCMU
 from voicegw.media.ports import PortAllocator
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.session import LegConfig, MediaLeg, RtpReceived, static_codecs
+from voicegw.media.taps import CallTap, TapConsumer
 from voicegw.media.transport import LegTransport, wallclock_offset
 
 HOST = "127.0.0.1"
@@ -60,7 +69,7 @@ class Sink(asyncio.DatagramProtocol):
 # -- the peers subprocess -------------------------------------------------------------
 
 
-async def run_peers(calls: int, seconds: float) -> None:
+async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
     """Bind callers and callees, learn the legs' ports on stdin, send, report on stdout."""
     loop = asyncio.get_running_loop()
 
@@ -73,24 +82,27 @@ async def run_peers(calls: int, seconds: float) -> None:
     print(json.dumps(hello))
     sys.stdout.flush()
     line = await loop.run_in_executor(None, sys.stdin.readline)
-    targets: list[int] = json.loads(line)["legs"]
-    ssrcs = [random.getrandbits(32) for _ in range(calls)]
+    legs = json.loads(line)
+    talkers = [(callers, legs["a"])] + ([(callees, legs["b"])] if both_ways else [])
+    ssrcs = [random.getrandbits(32) for _ in range(2 * calls)]
     sent = 0
 
     def tick(index: int, _: float) -> None:
         nonlocal sent
-        for i, caller in enumerate(callers):
-            packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrcs[i], PAYLOAD)
-            assert caller.transport is not None
-            caller.transport.sendto(bytes(packet), (HOST, targets[i]))
-        sent += calls
+        for side, (peers, targets) in enumerate(talkers):
+            for i, peer in enumerate(peers):
+                ssrc = ssrcs[side * calls + i]
+                packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrc, PAYLOAD)
+                assert peer.transport is not None
+                peer.transport.sendto(bytes(packet), (HOST, targets[i]))
+            sent += calls
 
     clock = MediaClock()
     clock.subscribe(tick)
     await clock.run(ticks=round(seconds / 0.02))
     await asyncio.sleep(0.3)  # let the last packets through the relay
     skipped = clock.schedule.skipped if clock.schedule else 0
-    received = sum(c.received for c in callees)
+    received = sum(c.received for c in callees + callers)
     print(json.dumps({"sent": sent, "received": received, "skipped": skipped}))
     sys.stdout.flush()
 
@@ -98,17 +110,31 @@ async def run_peers(calls: int, seconds: float) -> None:
 # -- the relay (this process) ---------------------------------------------------------------
 
 
-async def relay_run(calls: int, seconds: float) -> dict[str, float]:
+async def meter(consumer: TapConsumer, stop: asyncio.Event) -> int:
+    """Drain a call's tap every 200 ms (the echo meter's rhythm); received-audio frames."""
+    heard = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.2)
+        heard += sum(1 for frame in consumer.drain() if not frame.filled)
+    return heard
+
+
+async def relay_run(calls: int, seconds: float, both_ways: bool, taps: bool) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     allocator = PortAllocator(HOST, 20000, 40000)
+    command = [sys.executable, __file__, "--role", "peers"]
+    command += ["--calls", str(calls), "--duration", str(seconds)]
+    if both_ways:
+        command.append("--both-ways")
     child = await asyncio.create_subprocess_exec(
-        *(sys.executable, __file__, "--role", "peers"),
-        *("--calls", str(calls), "--duration", str(seconds)),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+        *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
     assert child.stdin is not None and child.stdout is not None
     legs: list[LegTransport] = []
+    clock = MediaClock()
+    stop = asyncio.Event()
+    meters: list[asyncio.Task[int]] = []
+    call_taps: list[CallTap] = []
     try:
         hello = json.loads(await child.stdout.readline())
         offset = wallclock_offset(loop)
@@ -122,24 +148,42 @@ async def relay_run(calls: int, seconds: float) -> dict[str, float]:
                 pair.append(await LegTransport.open(leg, allocator.allocate()))
             pair[0].peer, pair[1].peer = pair[1], pair[0]
             legs += pair
-        ports = [leg.local_rtp[1] for leg in legs[::2]]
-        child.stdin.write(json.dumps({"legs": ports}).encode() + b"\n")
+            if taps:
+                call_tap = CallTap({"caller": pair[0].leg, "callee": pair[1].leg})
+                consumer = call_tap.tap.add_consumer(maxsize=100)
+                call_tap.attach(clock)
+                call_taps.append(call_tap)
+                meters.append(asyncio.create_task(meter(consumer, stop)))
+        if taps:
+            clock.start()
+        ports = {"a": [leg.local_rtp[1] for leg in legs[::2]]}
+        ports["b"] = [leg.local_rtp[1] for leg in legs[1::2]]
+        child.stdin.write(json.dumps(ports).encode() + b"\n")
         await child.stdin.drain()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         result = json.loads(await child.stdout.readline())
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        relayed = sum(leg.leg.summary().packets_sent for leg in legs[1::2])
+        relayed = sum(leg.leg.summary().packets_sent for leg in legs)
     finally:
+        stop.set()
+        heard = sum(await asyncio.gather(*meters))
+        for call_tap in call_taps:
+            call_tap.detach()
+        await clock.stop()
         for leg in legs:
             leg.close()
         await asyncio.wait_for(child.wait(), 10)
+    talkers = 2 if both_ways else 1
     return {
         # Over the sending time: the drain after it adds CPU but no packets.
         "packets_per_s": relayed / seconds,
         "loss": 1.0 - result["received"] / max(1, result["sent"]),
         "cpu_us_per_packet": 1e6 * cpu / max(1, relayed),
+        "cpu_ms_per_call_s": 1e3 * cpu / (calls * wall),
         "cpu_share": cpu / wall,
         "generator_skipped_ticks": float(result["skipped"]),
+        # Only the talking side's leg receives audio for its tap to decode.
+        "tap_frames": heard / (talkers * calls * seconds / 0.02) if taps else float("nan"),
     }
 
 
@@ -169,11 +213,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--uvloop", action="store_true", help="run the relay on uvloop")
     parser.add_argument(
+        "--both-ways", action="store_true", help="the callee talks too (a bridged call)"
+    )
+    parser.add_argument("--taps", action="store_true", help="tap and decode both parties")
+    parser.add_argument(
         "--role", choices=["relay", "peers"], default="relay", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.role == "peers":
-        asyncio.run(run_peers(args.calls, args.duration))
+        asyncio.run(run_peers(args.calls, args.duration, args.both_ways))
         return
 
     # Leave room in the bound for each run's start-up and drain and the sans-IO figure.
@@ -183,17 +231,27 @@ def main() -> None:
         import uvloop
 
         runner = uvloop.run
-    results = [runner(relay_run(args.calls, per_run)) for _ in range(args.runs)]
+    results = [
+        runner(relay_run(args.calls, per_run, args.both_ways, args.taps)) for _ in range(args.runs)
+    ]
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in results)
 
     loop_name = "uvloop" if args.uvloop else "asyncio"
-    print(f"RTP relay, {args.calls} calls ({2 * args.calls} legs), PCMU 20 ms, {loop_name}")
+    directions = "both ways" if args.both_ways else "caller to callee"
+    tapped = ", taps decoding both parties" if args.taps else ""
+    print(
+        f"RTP relay, {args.calls} calls ({2 * args.calls} legs), PCMU 20 ms {directions}"
+        f"{tapped}, {loop_name}"
+    )
     print(f"median of {args.runs} runs of {per_run:.1f} s")
     print(f"{'relayed packets/s':36} {median('packets_per_s'):12.0f}")
     print(f"{'loss (caller -> callee)':36} {100 * median('loss'):11.3f}%")
     print(f"{'relay CPU µs per packet':36} {median('cpu_us_per_packet'):12.1f}")
+    print(f"{'relay CPU ms per call-second':36} {median('cpu_ms_per_call_s'):12.2f}")
+    if args.taps:
+        print(f"{'tap frames delivered':36} {100 * median('tap_frames'):11.1f}%")
     print(f"{'relay CPU share of one core':36} {100 * median('cpu_share'):11.1f}%")
     print(f"{'generator ticks skipped (overload)':36} {median('generator_skipped_ticks'):12.0f}")
     print(f"{'sans-IO receive+relay µs per packet':36} {sans_io_us_per_packet(5):12.2f}")

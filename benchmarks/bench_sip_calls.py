@@ -16,11 +16,23 @@ authenticated). Per N it reports:
 * added jitter, p50/p99: |transit(i) - transit(i-1)| over consecutive echoed
   packets (RFC 3550 §6.4.1's D), so the generator's own pacing error cancels;
 * gateway CPU (``/proc/<pid>/stat`` utime+stime) in ms per call-second over
-  the media phase, and per call for setup plus teardown.
+  the media phase (and its user/system split), in µs per packet echoed, and
+  per call for setup plus teardown.
 
-Taps: the echo service decodes nothing and no setting attaches a
-:class:`~voicegw.media.taps.CallTap` to echo calls, so tap decoding is not in
-these figures.
+Taps (on by default, ``--no-taps`` to compare): the gateway runs with
+``VOICEGW_ECHO_METER=1``, so every echo call also has a
+:class:`~voicegw.media.taps.CallTap` on its leg: the caller's audio goes
+through the jitter buffer, is decoded to PCM each 20 ms tick (batched across
+calls) and drained by a level meter. The gateway logs one ``echo.heard`` line
+per call; the table's "tap frames" column is their sum over the expected
+frames, so a run without tap decoding cannot pass for one.
+
+An echo call is one leg relayed to itself: the gateway receives and sends 50
+packets a second per call and taps one party. A B2BUA-bridged call with both
+parties tapped is twice that media work (two legs), so its CPU per
+call-second is about twice the echo figure.
+
+The gateway runs as ``voicegw serve`` does: on uvloop.
 
 The generator is Python too (one process, one event loop); its own receive
 scheduling is part of the latency and jitter measured, so the figures are an
@@ -28,8 +40,8 @@ upper bound for the gateway's share. Each call's signalling comes from one of
 several loopback source addresses (127.0.x.y), ten calls per address, because
 the gateway rate-limits SIP per source address.
 
-    .venv/bin/python benchmarks/bench_sip_calls.py [--calls 25,50] [--duration 10]
-        [--runs 1] [--uvloop]
+    .venv/bin/python benchmarks/bench_sip_calls.py [--calls 50,100,200,400]
+        [--duration 12] [--runs 3] [--uvloop] [--no-taps]
 
 Traffic goes to 127.0.0.1/8 only; every wait has a timeout.
 """
@@ -440,11 +452,16 @@ def free_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 @dataclass
@@ -453,9 +470,28 @@ class Gateway:
     sip_port: int
     http: str
     token: str
+    log: Path
+    log_read: int = 0  # bytes of the log already looked at
+
+    def heard(self) -> dict[str, int]:
+        """The ``echo.heard`` lines logged since the last call: calls, frames, drops."""
+        with self.log.open("rb") as f:
+            f.seek(self.log_read)
+            data = f.read()
+        # Only whole lines; a partial last line is read next time.
+        data = data[: data.rfind(b"\n") + 1]
+        self.log_read += len(data)
+        total = {"calls": 0, "frames": 0, "dropped": 0}
+        for line in data.splitlines():
+            if b'"echo.heard"' in line:
+                record = json.loads(line)
+                total["calls"] += 1
+                total["frames"] += int(record["frames"])
+                total["dropped"] += int(record["dropped"])
+        return total
 
 
-async def start_gateway(data_dir: Path, max_seconds: float) -> Gateway:
+async def start_gateway(data_dir: Path, max_seconds: float, taps: bool) -> Gateway:
     sip_port, http_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     env = dict(
         os.environ,
@@ -468,7 +504,10 @@ async def start_gateway(data_dir: Path, max_seconds: float) -> Gateway:
         VOICEGW_MEDIA__RTP_PORT_MIN="30000",
         VOICEGW_MEDIA__RTP_PORT_MAX="39999",
         VOICEGW_MEDIA__MAX_CALL_SECONDS=str(max_seconds),
-        VOICEGW_LOGGING__LEVEL="WARNING",
+        # INFO for the echo.heard lines; nothing logs per packet, so the media phase
+        # costs the same at WARNING.
+        VOICEGW_LOGGING__LEVEL="INFO" if taps else "WARNING",
+        VOICEGW_ECHO_METER="1" if taps else "0",
     )
     env.pop("VOICEGW_CONFIG", None)
     log = (data_dir / "gateway.log").open("wb")
@@ -503,7 +542,7 @@ async def start_gateway(data_dir: Path, max_seconds: float) -> Gateway:
         ) as reply:
             if reply.status != 201:
                 raise RuntimeError(f"creating the SIP login: {reply.status} {await reply.text()}")
-    return Gateway(process, sip_port, http, token)
+    return Gateway(process, sip_port, http, token, data_dir / "gateway.log")
 
 
 @dataclass(frozen=True)
@@ -512,6 +551,7 @@ class Options:
     runs: int
     uvloop: bool  # for the generator
     phases: int
+    taps: bool
 
 
 async def one_load(gw: Gateway, calls: int, subnet: int, options: Options) -> dict[str, Any]:
@@ -523,6 +563,7 @@ async def one_load(gw: Gateway, calls: int, subnet: int, options: Options) -> di
     if options.uvloop:
         command.append("--uvloop")
     cpu_start = cpu_seconds(pid)
+    gw.heard()  # skip what earlier loads logged
     child = await asyncio.create_subprocess_exec(
         *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
@@ -541,10 +582,12 @@ async def one_load(gw: Gateway, calls: int, subnet: int, options: Options) -> di
 
     try:
         setup = await read(SIP_TIMEOUT * 2 + calls * 0.01 + 30)
-        cpu_media0, wall0 = cpu_seconds(pid), time.perf_counter()
+        (user0, system0), wall0 = cpu_split(pid), time.perf_counter()
         await go()
         await read(seconds + 30)
-        cpu_media, wall = cpu_seconds(pid) - cpu_media0, time.perf_counter() - wall0
+        user, system = cpu_split(pid)
+        user, system, wall = user - user0, system - system0, time.perf_counter() - wall0
+        cpu_media = user + system
         await go()
         result = await read(SIP_TIMEOUT * 2 + 30)
         await asyncio.wait_for(child.wait(), 10)
@@ -556,7 +599,17 @@ async def one_load(gw: Gateway, calls: int, subnet: int, options: Options) -> di
     await asyncio.sleep(0.5)
     cpu_signalling = cpu_seconds(pid) - cpu_start - cpu_media
     up = max(1, result["established"])
+    heard = gw.heard()
+    expected_frames = result["established"] * seconds / PTIME
     result.update(
+        tap_frames=heard["frames"] / expected_frames if options.taps else float("nan"),
+        tap_dropped=heard["dropped"],
+        cpu_user_share=user / max(1e-9, cpu_media),
+        # The machine's 1-minute load average at the end: > 2 on 2 cores means other
+        # work competed with the gateway and the generator (latency/loss disturbed).
+        loadavg=os.getloadavg()[0],
+        # Packets the gateway received and sent back: two socket operations each.
+        cpu_us_per_packet=1e6 * cpu_media / max(1, result["received"]),
         setup_s=setup["setup_s"],
         errors=setup["errors"],
         loss=1.0 - result["received"] / max(1, result["sent"]),
@@ -570,14 +623,24 @@ async def one_load(gw: Gateway, calls: int, subnet: int, options: Options) -> di
 
 async def drive(loads: list[int], options: Options) -> None:
     with tempfile.TemporaryDirectory(prefix="voicegw-bench-") as tmp:
-        gw = await start_gateway(Path(tmp), max_seconds=options.seconds + 60)
+        gw = await start_gateway(Path(tmp), options.seconds + 60, options.taps)
         try:
             rows = []
             subnet = 1
             for calls in loads:
                 results = []
-                for _ in range(options.runs):
-                    results.append(await one_load(gw, calls, subnet, options))
+                for run in range(options.runs):
+                    result = await one_load(gw, calls, subnet, options)
+                    results.append(result)
+                    print(
+                        f"  N={calls} run {run + 1}: loss {result['loss']:.3%}, RTT p99 "
+                        f"{result['rtt_p99_ms']:.1f} ms, jitter p99 {result['jitter_p99_ms']:.1f}"
+                        f" ms, CPU {result['cpu_ms_per_call_s']:.2f} ms/call-s, tap frames "
+                        f"{result['tap_frames']:.1%}, generator skipped "
+                        f"{result['skipped_ticks']}, load average {result['loadavg']:.1f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     # Fresh source addresses: the rate limiter's buckets are per address.
                     subnet += 1
                 rows.append((calls, results))
@@ -615,11 +678,15 @@ COLUMNS = (
     ("jit p50 ms", "jitter_p50_ms", "{:10.3f}"),
     ("jit p99 ms", "jitter_p99_ms", "{:10.3f}"),
     ("CPU ms/call-s", "cpu_ms_per_call_s", "{:13.2f}"),
+    ("µs/packet", "cpu_us_per_packet", "{:9.1f}"),
+    ("user %", "cpu_user_share", "{:6.0%}"),
+    ("tap frames", "tap_frames", "{:10.1%}"),
     ("GW core %", "cpu_share", "{:9.1%}"),
     ("sig CPU ms/call", "signalling_cpu_ms_per_call", "{:15.1f}"),
     ("setup s", "setup_s", "{:7.2f}"),
     ("gen skipped", "skipped_ticks", "{:11.0f}"),
     ("gen core %", "generator_share", "{:10.1%}"),
+    ("load avg", "loadavg", "{:8.1f}"),
 )
 
 
@@ -628,8 +695,9 @@ def report(rows: list[tuple[int, list[dict[str, Any]]]], options: Options) -> No
     print(
         "SIP echo calls through the gateway process: PCMU 20 ms both ways, "
         f"{options.seconds:g} s of media per call, median of {options.runs} run(s); "
-        f"generator on {loop_name}, sends in {options.phases} phase(s) per 20 ms; "
-        "taps not included"
+        f"gateway on uvloop, generator on {loop_name}, sends in {options.phases} phase(s) "
+        "per 20 ms; "
+        + ("taps decoding the caller, batched per tick" if options.taps else "no taps")
     )
     print("RTT = generator -> gateway -> echo -> generator (a round trip); jitter = |D(i-1,i)|")
     widths = [max(len(h), len(f.format(0.0))) for h, _, f in COLUMNS]
@@ -648,6 +716,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of media per load")
     parser.add_argument("--runs", type=int, default=1, help="runs per N (median)")
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
+    parser.add_argument(
+        "--no-taps",
+        dest="taps",
+        action="store_false",
+        help="echo without the tap and level meter (relay only)",
+    )
     parser.add_argument(
         "--role", choices=["driver", "calls"], default="driver", help=argparse.SUPPRESS
     )
@@ -673,7 +747,7 @@ def main() -> None:
         parser.error("N in 1..2500 and a duration of 1..600 s")
     if not 1 <= args.phases <= 20:
         parser.error("--phases in 1..20")
-    options = Options(args.duration, max(1, args.runs), args.uvloop, args.phases)
+    options = Options(args.duration, max(1, args.runs), args.uvloop, args.phases, args.taps)
     asyncio.run(drive(loads, options))
 
 

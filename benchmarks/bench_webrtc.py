@@ -1,23 +1,50 @@
-"""One-way latency the WebRTC leg adds, measured against an aiortc peer on loopback.
+"""Concurrent WebRTC agent legs bridged to SIP/RTP callers: loss, jitter, latency, CPU.
 
-A plain aiortc peer stands in for the browser. Every half second one side
-plays a 20 ms 1 kHz burst into silence; the figure is the time from the burst
-leaving its source (the paced track handing the frame to the encoder) to the
-first frame carrying it on the other side, medians over the bursts:
+Three processes, all on 127.0.0.1:
 
-* browser -> gateway: peer mic -> Opus -> SRTP -> our jitter buffer -> decode
-  -> 48k->8k resampling -> ``on_frame``; with ``receive_prefetch`` 0 (ours)
-  and aiortc's own 4;
-* gateway -> browser: ``FrameSource`` -> 8k->48k resampling -> Opus -> SRTP
-  -> the peer, whose receive buffer is set to 0 prefetch so the figure is
-  ours, not the stand-in's.
+* the **gateway** (``--role gateway``) builds, per leg, exactly what the
+  agent bridge builds for a caller answered by a browser agent: the caller's
+  RTP leg (:class:`~voicegw.media.session.MediaLeg` with its jitter buffer,
+  PCMU, on a :class:`~voicegw.media.transport.LegTransport`), its
+  :class:`~voicegw.calls.call_media.RtpCallMedia` on the shared 20 ms
+  :class:`~voicegw.media.clock.MediaClock`, the caller's frames pushed into a
+  :class:`~voicegw.media.webrtc.LiveSource`, and a
+  :class:`~voicegw.media.webrtc.WebRtcLeg` (Opus, DTLS-SRTP) whose decoded
+  frames go straight back out on the caller's leg. SIP signalling and the
+  queue are left out (``bench_sip_calls.py`` measures SIP); offers and
+  answers travel over a JSON-lines control socket instead;
+* the **load generator** (``--role load``) plays N callers (plain RTP,
+  PCMU, each with its own 20 ms phase) and N browsers (aiortc peer
+  connections sending pre-encoded Opus, so the generator spends nothing on
+  encoding). Each source plays a 20 ms 1 kHz burst into silence every 0.5 s;
+* this script (the orchestrator) runs both per N and reads the gateway's CPU
+  from ``/proc``, and the whole machine's, to tell how disturbed a run was.
 
-The network is loopback (about 0 ms) and frames are 20 ms, so the floor is
-one frame: a jitter buffer can only release a frame when the next one starts.
+Per direction it reports:
 
-    .venv/bin/python benchmarks/bench_webrtc.py [--bursts 10] [--codec opus|PCMU]
+* loss: RTP sequence numbers never received during the media phase;
+* added jitter, p50/p99: RFC 3550's D for consecutive packets,
+  |(arrival_i - arrival_i-1) - (rtp_ts_i - rtp_ts_i-1)/rate|, not smoothed.
+  The generator's own pacing error is in it (its p99 is printed too), so it
+  is an upper bound for the gateway's share;
+* one-way latency, p50/p99: burst onset leaving its source to the onset
+  arriving at the other side, to the sample (arrival time of the packet plus
+  the onset's offset in it; for the browser's Opus, minus where the onset
+  sits in the pre-encoded stream, so its encoder's look-ahead is not counted);
+  packets are timestamped on arrival (the browser side: once aiortc has
+  checked SRTP), before decoding;
+* gateway CPU per leg-second (utime+stime over the media phase), which stays
+  meaningful when other work shares the machine; and "others": the CPU used
+  by processes other than the two benchmark processes during the phase;
+* from the gateway: how deep the callers' adaptive jitter buffers grew (it
+  follows the generator's pacing error and sets most of the SIP -> WebRTC
+  latency), media-clock ticks skipped, and how many legs connected (legs that
+  never connect are left out of the media figures, and counted).
 
-Traffic goes to 127.0.0.1 only; each run stops after about ``bursts`` x 0.5 s.
+    .venv/bin/python benchmarks/bench_webrtc.py [--legs 25,50,100] [--duration 20]
+        [--runs 3] [--uvloop]
+
+Every wait has a timeout; each run ends after about ``duration`` + set-up.
 """
 
 from __future__ import annotations
@@ -26,151 +53,650 @@ import argparse
 import asyncio
 import contextlib
 import fractions
+import json
+import os
+import random
 import statistics
-from typing import Any
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
 
-from voicegw.media.webrtc import FRAME_BYTES, WebRtcConfig, WebRtcLeg, offered_host_addresses
-
-LOOPBACK = ("127.0.0.1",)
+HOST = "127.0.0.1"
+LOOPBACK = (HOST,)
+PTIME = 0.02
 PERIOD_FRAMES = 25  # a burst every 0.5 s
-LOUD = 5000
+THRESHOLD = 3000  # |sample| of an onset; bursts are at 16384, silence is 0
+QUIET = 0.1  # seconds of quiet before an onset counts as a new burst
+WARMUP = 2.0
 
 
-class BurstTrack(MediaStreamTrack):
-    """The stand-in browser's microphone: 48 kHz silence with a burst every 0.5 s."""
-
-    kind = "audio"
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self.loop = loop
-        self.count = 0
-        self.burst_times: list[float] = []
-        self.start = loop.time()
-
-    async def recv(self) -> AudioFrame:
-        await asyncio.sleep(max(0.0, self.start + self.count * 0.02 - self.loop.time()))
-        burst = self.count % PERIOD_FRAMES == PERIOD_FRAMES - 1
-        t = np.arange(960) / 48000
-        samples = (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767 * burst).astype(np.int16)
-        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self.count * 960
-        frame.time_base = fractions.Fraction(1, 48000)
-        self.count += 1
-        if burst:
-            self.burst_times.append(self.loop.time())
-        return frame
+def setup_timeout(legs: int) -> float:
+    """Seconds allowed for ``legs`` peer connections to connect (DTLS handshakes queue up)."""
+    return 30.0 + 0.6 * legs
 
 
-class BurstSource:
-    """Our side's source: 8 kHz silence with a burst every 0.5 s; notes when each left."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.count = 0
-        self.burst_times: list[float] = []
-        t = np.arange(160) / 8000
-        self.burst = (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767).astype(np.int16).tobytes()
-
-    def next_frame(self) -> bytes | None:
-        self.count += 1
-        if self.count % PERIOD_FRAMES:
-            return bytes(FRAME_BYTES)
-        self.burst_times.append(self.loop.time())
-        return self.burst
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RTP_HEADER = struct.Struct("!BBHII")
 
 
-def onsets(times: list[float], loud: list[bool]) -> list[float]:
-    return [t for i, t in enumerate(times) if loud[i] and (i == 0 or not loud[i - 1])]
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def emit(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+# -- shared: receive statistics ------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One direction of one leg as seen by its receiver."""
+
+    rate: int
+    first_seq: int | None = None
+    last_seq: int | None = None
+    received: int = 0
+    expected: int = 0
+    last_arrival: float | None = None
+    last_ts: int | None = None
+    jitter: list[float] = field(default_factory=list)
+    onsets: list[float] = field(default_factory=list)
+    quiet_since: float = 0.0
+    counting: bool = False
+
+    def packet(self, seq: int, ts: int, arrival: float) -> None:
+        if not self.counting:
+            return
+        if self.last_seq is not None:
+            ahead = (seq - self.last_seq) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                return
+            self.expected += ahead
+            if ahead == 1 and self.last_arrival is not None and self.last_ts is not None:
+                span = ((ts - self.last_ts) & 0xFFFFFFFF) / self.rate
+                self.jitter.append(abs((arrival - self.last_arrival) - span))
+        else:
+            self.expected += 1
+        self.received += 1
+        self.last_seq, self.last_ts, self.last_arrival = seq, ts, arrival
+
+    def samples(self, pcm: np.ndarray, arrival: float, rate: int) -> None:
+        """Note the onsets in one packet's decoded audio (``arrival`` = its first sample)."""
+        loud = np.flatnonzero(np.abs(pcm) > THRESHOLD)
+        if len(loud) == 0:
+            return
+        onset = arrival + loud[0] / rate
+        if onset - self.quiet_since > QUIET:
+            self.onsets.append(onset)
+        self.quiet_since = arrival + loud[-1] / rate
 
 
 def pair(sent: list[float], heard: list[float]) -> list[float]:
-    """Latency of each sent burst: the first onset heard after it (and within 0.4 s)."""
+    """Latency of each sent burst: the first onset heard after it (within 0.4 s)."""
     out = []
     for s in sent:
-        later = [h - s for h in heard if 0 <= h - s < 0.4]
+        later = [h - s for h in heard if -0.005 <= h - s < 0.4]
         if later:
             out.append(min(later))
     return out
 
 
-async def run(bursts: int, prefetch: int | None, codec: str) -> tuple[list[float], list[float]]:
+# -- the gateway process -------------------------------------------------------------------
+
+
+async def gateway_main(uvloop_on: bool) -> None:
+    from voicegw.calls.call_media import RtpCallMedia
+    from voicegw.media.clock import MediaClock
+    from voicegw.media.codecs import codec_by_name
+    from voicegw.media.jitter import JitterBuffer, repeat_then_silence_concealer
+    from voicegw.media.ports import PortAllocator
+    from voicegw.media.session import LegConfig, MediaLeg
+    from voicegw.media.transport import LegTransport, wallclock_offset
+    from voicegw.media.webrtc import FRAME_BYTES, LiveSource, WebRtcConfig, WebRtcLeg
+
     loop = asyncio.get_running_loop()
-    source = BurstSource(loop)
-    ours_at: list[float] = []
-    ours_loud: list[bool] = []
+    clock = MediaClock()
+    clock.start()
+    ports = PortAllocator(HOST, 30000, 39999)
+    config = WebRtcConfig(host_addresses=LOOPBACK, codecs=("opus",))
+    pcmu = codec_by_name("PCMU")
+    assert pcmu is not None
+    legs: list[tuple[WebRtcLeg, LegTransport, asyncio.Task[None]]] = []
+    buffers: list[JitterBuffer] = []
 
-    def on_frame(pcm: bytes) -> None:
-        ours_at.append(loop.time())
-        ours_loud.append(int(np.abs(np.frombuffer(pcm, dtype=np.int16)).max()) > LOUD)
+    async def pump(media: RtpCallMedia, source: LiveSource) -> None:
+        # The agent bridge's caller pump: decoded caller frames on the media clock.
+        async for frame in media.frames():
+            if frame.party == media.caller_party and len(frame.pcm) == FRAME_BYTES:
+                source.push(frame.pcm)
 
-    leg = WebRtcLeg(
-        WebRtcConfig(host_addresses=LOOPBACK, receive_prefetch=prefetch, codecs=(codec,)),
-        source,
-        on_frame,
+    async def new_leg(offer: str, caller: tuple[str, int]) -> dict[str, Any]:
+        leg_config = LegConfig(
+            codecs={0: pcmu},
+            send_payload_type=0,
+            remote_rtp=caller,
+            remote_rtcp=(caller[0], caller[1] + 1),
+            wallclock_offset=wallclock_offset(loop),
+        )
+        leg = MediaLeg(leg_config, loop.time())
+        # The caller leg's own adaptive jitter buffer (what enable_pcm would make), kept
+        # here to report how deep it grew: it sets most of the SIP -> WebRTC latency.
+        buffer = JitterBuffer(conceal=repeat_then_silence_concealer(pcmu.silence()))
+        leg.enable_pcm(buffer)
+        buffers.append(buffer)
+        transport = await LegTransport.open(leg, ports.allocate())
+        media = RtpCallMedia(transport, clock)
+        source = LiveSource()
+        webrtc = WebRtcLeg(config, source, transport.send_pcm)
+        task = asyncio.create_task(pump(media, source))
+        legs.append((webrtc, transport, task))
+        answer = await webrtc.accept_offer(offer)
+        return {"answer": answer, "rtp": list(transport.local_rtp)}
+
+    def stats() -> dict[str, Any]:
+        return {
+            "webrtc_lost": sum(w.counters.lost for w, _, _ in legs),
+            "webrtc_late": sum(w.counters.late for w, _, _ in legs),
+            "connected": sum(w.connection_state == "connected" for w, _, _ in legs),
+            "clock_skipped": clock.schedule.skipped if clock.schedule is not None else 0,
+            "sip_jitter_target_ms": {
+                "median": round(1000 * statistics.median(b.target_delay for b in buffers), 1),
+                "max": round(1000 * max(b.target_delay for b in buffers), 1),
+            }
+            if buffers
+            else None,
+        }
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request["op"] == "leg":
+                reply = await new_leg(request["offer"], tuple(request["caller"]))
+            else:
+                reply = stats()
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        for webrtc, transport, task in legs:
+            task.cancel()
+            await webrtc.close()
+            transport.close()
+        writer.close()
+        done.set()
+
+    done = asyncio.Event()
+    server = await asyncio.start_server(control, HOST, 0)
+    emit({"control": server.sockets[0].getsockname()[1], "uvloop": uvloop_on})
+    await done.wait()
+    server.close()
+    await clock.stop()
+
+
+# -- the load generator process ------------------------------------------------------------
+
+
+def opus_reference() -> tuple[list[bytes], int, float]:
+    """Pre-encoded browser audio (Opus, 48 kHz): one burst per ``PERIOD_FRAMES`` frames.
+
+    Returns the packets of one period (looped), the index of the packet in
+    which the decoded onset appears and its offset in seconds: the browser's
+    own encoder delay, which the latency figure leaves out.
+    """
+    from av import AudioFrame, CodecContext, Packet
+
+    encoder: Any = CodecContext.create("libopus", "w")
+    encoder.format, encoder.layout, encoder.sample_rate = "s16", "mono", 48000
+    encoder.bit_rate = 32000
+    encoder.time_base = fractions.Fraction(1, 48000)
+    encoder.options = {"application": "voip"}
+    decoder: Any = CodecContext.create("libopus", "r")
+    decoder.format, decoder.layout, decoder.sample_rate = "s16", "mono", 48000
+    t = np.arange(960) / 48000
+    burst = (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767).astype(np.int16)
+    packets: list[bytes] = []
+    decoded: list[np.ndarray] = []
+    for n in range(3 * PERIOD_FRAMES):
+        samples = burst if n % PERIOD_FRAMES == PERIOD_FRAMES - 1 else np.zeros(960, np.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, n * 960
+        for packet in encoder.encode(frame):
+            packets.append(bytes(packet))
+            decoded.extend(f.to_ndarray().ravel() for f in decoder.decode(Packet(bytes(packet))))
+    # Loop the last full period (the encoder has settled by then).
+    period = packets[-PERIOD_FRAMES:]
+    pcm = np.concatenate(decoded[-PERIOD_FRAMES:])
+    loud = np.flatnonzero(np.abs(pcm) > THRESHOLD)
+    # The onset follows a quiet stretch; in a looped period the burst's tail (the
+    # encoder's look-ahead) may sit at the very start, so look at the gaps cyclically.
+    gaps = np.diff(np.concatenate([[loud[-1] - len(pcm)], loud]))
+    onset = int(loud[int(np.argmax(gaps > QUIET * 48000))])
+    return period, onset // 960, (onset % 960) / 48000
+
+
+class Caller(asyncio.DatagramProtocol):
+    """One SIP caller's RTP: PCMU, 20 ms, a burst every 0.5 s; listens for the agent."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from voicegw.media.g711 import ulaw_encode
+
+        self.loop = loop
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote: tuple[str, int] | None = None
+        self.stream = Stream(8000)
+        self.sent_bursts: list[float] = []
+        self.pacing: list[float] = []
+        self.ssrc = random.getrandbits(32)
+        t = np.arange(160) / 8000
+        tone = (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767).astype(np.int16)
+        self.burst = ulaw_encode(tone.tobytes())
+        self.silence = ulaw_encode(bytes(320))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        arrival = self.loop.time()
+        if len(data) < 12 or data[1] & 0x7F != 0:
+            return  # RTCP or not PCMU
+        from voicegw.media.g711 import ulaw_decode
+
+        _, _, seq, ts, _ = RTP_HEADER.unpack_from(data)
+        self.stream.packet(seq, ts, arrival)
+        if self.stream.counting:
+            pcm = np.frombuffer(ulaw_decode(data[12:]), dtype=np.int16)
+            self.stream.samples(pcm, arrival, 8000)
+
+    async def play(self, until: float, counting_from: float) -> None:
+        assert self.transport is not None and self.remote is not None
+        phase = random.random() * PTIME
+        start = self.loop.time() + phase
+        n = 0
+        last = None
+        while True:
+            due = start + n * PTIME
+            if due >= until:
+                return
+            await asyncio.sleep(max(0.0, due - self.loop.time()))
+            now = self.loop.time()
+            is_burst = n % PERIOD_FRAMES == PERIOD_FRAMES - 1
+            header = RTP_HEADER.pack(0x80, 0, n & 0xFFFF, (n * 160) & 0xFFFFFFFF, self.ssrc)
+            self.transport.sendto(header + (self.burst if is_burst else self.silence), self.remote)
+            if now >= counting_from:
+                if is_burst:
+                    self.sent_bursts.append(now)
+                if last is not None:
+                    self.pacing.append(abs(now - last - PTIME))
+            last = now
+            n += 1
+
+
+def browser_track(loop: asyncio.AbstractEventLoop, packets: list[bytes]) -> Any:
+    from aiortc import MediaStreamTrack
+    from av import Packet
+
+    class OpusMic(MediaStreamTrack):
+        """The browser's microphone: pre-encoded Opus, paced at 20 ms."""
+
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+            self.start: float | None = None
+            self.sent_at: list[float] = []
+            self.burst_index = 0
+            self.offset = 0.0
+
+        async def recv(self) -> Any:
+            if self.start is None:
+                self.start = loop.time() + random.random() * PTIME
+            await asyncio.sleep(max(0.0, self.start + self.count * PTIME - loop.time()))
+            packet = Packet(packets[self.count % len(packets)])
+            packet.pts = self.count * 960
+            packet.time_base = fractions.Fraction(1, 48000)
+            self.sent_at.append(loop.time())
+            self.count += 1
+            return packet
+
+    return OpusMic()
+
+
+class Probe:
+    """Stands in for the browser's jitter buffer: timestamps and decodes each packet."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from av import CodecContext
+
+        self.loop = loop
+        self.stream = Stream(48000)
+        self.decoder: Any = CodecContext.create("libopus", "r")
+        self.decoder.format, self.decoder.layout, self.decoder.sample_rate = "s16", "mono", 48000
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        from av import Packet
+
+        arrival = self.loop.time()
+        self.stream.packet(packet.sequence_number, packet.timestamp, arrival)
+        frames = self.decoder.decode(Packet(packet.payload))
+        if self.stream.counting:
+            pcm = np.concatenate([f.to_ndarray().ravel() for f in frames])
+            self.stream.samples(pcm, arrival, 48000)
+        return False, None
+
+
+async def load_main(legs: int, duration: float, control_port: int) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+    from voicegw.media.webrtc import offered_host_addresses
+
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(HOST, control_port)
+
+    async def ask(request: dict[str, Any]) -> dict[str, Any]:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        reply: dict[str, Any] = json.loads(await reader.readline())
+        return reply
+
+    packets, burst_index, burst_offset = opus_reference()
+    opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
+    callers: list[Caller] = []
+    peers: list[RTCPeerConnection] = []
+    mics: list[Any] = []
+    probes: list[Probe] = []
+    setup_started = time.monotonic()
+    for _ in range(legs):
+        caller = Caller(loop)
+        await loop.create_datagram_endpoint(lambda c=caller: c, local_addr=(HOST, 0))
+        assert caller.transport is not None
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        mic = browser_track(loop, packets)
+        transceiver = peer.addTransceiver(mic, direction="sendrecv")
+        transceiver.setCodecPreferences(opus)
+        with offered_host_addresses(LOOPBACK):
+            await peer.setLocalDescription(await peer.createOffer())
+        reply = await ask(
+            {
+                "op": "leg",
+                "offer": peer.localDescription.sdp,
+                "caller": list(caller.transport.get_extra_info("sockname")[:2]),
+            }
+        )
+        await peer.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+        probe = Probe(loop)
+        transceiver.receiver._RTCRtpReceiver__jitter_buffer = probe
+        caller.remote = (reply["rtp"][0], reply["rtp"][1])
+        callers.append(caller)
+        peers.append(peer)
+        mics.append(mic)
+        probes.append(probe)
+    deadline = loop.time() + setup_timeout(legs)
+    settled = ("connected", "failed", "closed")
+    while loop.time() < deadline:
+        if all(p.connectionState in settled for p in peers):
+            break
+        await asyncio.sleep(0.1)
+    setup = time.monotonic() - setup_started
+    # Legs that never connected (ICE or DTLS gave up on a starved machine) are counted,
+    # and left out of the media figures.
+    up = [i for i, p in enumerate(peers) if p.connectionState == "connected"]
+    if not up:
+        raise SystemExit("no peer connection connected")
+    callers, mics, probes = [callers[i] for i in up], [mics[i] for i in up], [probes[i] for i in up]
+    counting_from = loop.time() + WARMUP
+    until = counting_from + duration
+    players = [asyncio.create_task(c.play(until, counting_from)) for c in callers]
+    await asyncio.sleep(WARMUP)
+    for c in callers:
+        c.stream.counting = True
+    for p in probes:
+        p.stream.counting = True
+    emit({"phase": "media"})
+    await asyncio.sleep(duration)
+    emit({"phase": "done"})
+    for c in callers:
+        c.stream.counting = False
+    for p in probes:
+        p.stream.counting = False
+    gateway = await ask({"op": "stats"})
+    await asyncio.gather(*players)
+
+    # Browser -> gateway -> caller: when each burst's onset left, by the reference stream.
+    def mic_bursts(mic: Any) -> list[float]:
+        return [
+            t + burst_offset
+            for i, t in enumerate(mic.sent_at)
+            if i % PERIOD_FRAMES == burst_index and counting_from <= t < until - 0.5
+        ]
+
+    to_sip_sent = [mic_bursts(m) for m in mics]
+    to_sip = [
+        x for sent, c in zip(to_sip_sent, callers, strict=True) for x in pair(sent, c.stream.onsets)
+    ]
+    to_webrtc = [
+        x
+        for c, p in zip(callers, probes, strict=True)
+        for x in pair([s for s in c.sent_bursts if s < until - 0.5], p.stream.onsets)
+    ]
+    mic_pacing = [
+        abs(b - a - PTIME)
+        for m in mics
+        for a, b in zip(m.sent_at, m.sent_at[1:], strict=False)
+        if a >= counting_from
+    ]
+
+    def direction(streams: list[Stream], latency: list[float], bursts: int) -> dict[str, Any]:
+        expected = sum(s.expected for s in streams)
+        received = sum(s.received for s in streams)
+        jitter = [j for s in streams for j in s.jitter]
+        return {
+            "loss": (expected - received) / expected if expected else 1.0,
+            "jitter_p50": percentile(jitter, 0.5),
+            "jitter_p99": percentile(jitter, 0.99),
+            "latency_p50": percentile(latency, 0.5),
+            "latency_p99": percentile(latency, 0.99),
+            "bursts_heard": len(latency),
+            "bursts_sent": bursts,
+        }
+
+    emit(
+        {
+            "result": {
+                "legs": legs,
+                "legs_connected": len(up),
+                "setup_seconds": setup,
+                "to_webrtc": direction(
+                    [p.stream for p in probes],
+                    to_webrtc,
+                    sum(len([s for s in c.sent_bursts if s < until - 0.5]) for c in callers),
+                ),
+                "to_sip": direction(
+                    [c.stream for c in callers], to_sip, sum(len(x) for x in to_sip_sent)
+                ),
+                "caller_pacing_p99": percentile([x for c in callers for x in c.pacing], 0.99),
+                "mic_pacing_p99": percentile(mic_pacing, 0.99),
+                "gateway": gateway,
+            }
+        }
     )
-    peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    mic = BurstTrack(loop)
-    peer.addTrack(mic)
-    peer_at: list[float] = []
-    peer_loud: list[bool] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def listen(track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                assert isinstance(frame, AudioFrame)
-                data = frame.to_ndarray()
-                peer_at.append(loop.time())
-                peer_loud.append(int(np.abs(data).max()) > LOUD)
-
-    def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.ensure_future(listen(track)))
-
-    peer.on("track", on_track)
-    with offered_host_addresses(LOOPBACK):
-        await peer.setLocalDescription(await peer.createOffer())
-    answer = await leg.accept_offer(peer.localDescription.sdp)
-    await peer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    for transceiver in peer.getTransceivers():
-        # The stand-in plays out at once, so the gateway->browser figure is the gateway's.
-        receiver: Any = transceiver.receiver
-        receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
-    await asyncio.sleep(1.0 + bursts * PERIOD_FRAMES * 0.02)
-    await leg.close()
-    await peer.close()
-    for task in tasks:
-        task.cancel()
-    inbound = pair(mic.burst_times, onsets(ours_at, ours_loud))
-    outbound = pair(source.burst_times, onsets(peer_at, peer_loud))
-    return inbound, outbound
+    writer.close()
+    for peer in peers:
+        await peer.close()
+    for caller in callers:
+        if caller.transport is not None:
+            caller.transport.close()
 
 
-def ms(values: list[float]) -> str:
-    if not values:
-        return "no bursts detected"
-    return f"median {statistics.median(values) * 1000:5.1f} ms (n={len(values)})"
+# -- the orchestrator ----------------------------------------------------------------------
 
 
-async def main() -> None:
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine (all cores) since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+async def read_json(stream: asyncio.StreamReader, within: float) -> dict[str, Any]:
+    while True:
+        line = await asyncio.wait_for(stream.readline(), within)
+        if not line:
+            raise SystemExit("a benchmark process ended early")
+        with contextlib.suppress(json.JSONDecodeError):
+            message: dict[str, Any] = json.loads(line)
+            return message
+
+
+SCRIPT = os.path.abspath(__file__)
+
+
+async def one_run(legs: int, duration: float, use_uvloop: bool) -> dict[str, Any]:
+    script = SCRIPT
+    extra = ["--uvloop"] if use_uvloop else []
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, script, "--role", "gateway", *extra, stdout=subprocess.PIPE
+    )
+    load = None
+    try:
+        assert gateway.stdout is not None
+        port = (await read_json(gateway.stdout, 30))["control"]
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            script,
+            "--role",
+            "load",
+            "--legs",
+            str(legs),
+            "--duration",
+            str(duration),
+            "--control",
+            str(port),
+            *extra,
+            stdout=subprocess.PIPE,
+        )
+        assert load.stdout is not None
+        timeout = setup_timeout(legs) + WARMUP + 30
+        assert (await read_json(load.stdout, timeout)).get("phase") == "media"
+        began = (time.monotonic(), process_cpu(gateway.pid), process_cpu(load.pid), machine_cpu())
+        assert (await read_json(load.stdout, duration + 30)).get("phase") == "done"
+        ended = (time.monotonic(), process_cpu(gateway.pid), process_cpu(load.pid), machine_cpu())
+        result = (await read_json(load.stdout, 60))["result"]
+        wall = ended[0] - began[0]
+        gateway_cpu = ended[1] - began[1]
+        load_cpu = ended[2] - began[2]
+        result["gateway_cpu_ms_per_leg_second"] = (
+            1000 * gateway_cpu / (result["legs_connected"] * wall)
+        )
+        result["gateway_cores"] = gateway_cpu / wall
+        result["load_cores"] = load_cpu / wall
+        result["others_cores"] = max(0.0, (ended[3] - began[3] - gateway_cpu - load_cpu) / wall)
+        await asyncio.wait_for(load.wait(), 60)
+        await asyncio.wait_for(gateway.wait(), 30)
+        return result
+    finally:
+        for process in (load, gateway):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def report(legs: int, runs: list[dict[str, Any]]) -> None:
+    def ms(*path: str) -> str:
+        return f"{median_of(runs, *path) * 1000:.1f}"
+
+    print(f"\n{legs} legs, median of {len(runs)} run(s):")
+    for key, label in (("to_webrtc", "SIP -> WebRTC"), ("to_sip", "WebRTC -> SIP")):
+        print(
+            f"  {label}: loss {median_of(runs, key, 'loss') * 100:.2f} %, "
+            f"added jitter p50/p99 {ms(key, 'jitter_p50')} / {ms(key, 'jitter_p99')} ms, "
+            f"latency p50/p99 {ms(key, 'latency_p50')} / {ms(key, 'latency_p99')} ms"
+        )
+    print(
+        f"  gateway CPU {median_of(runs, 'gateway_cpu_ms_per_leg_second'):.2f} ms per "
+        f"leg-second ({median_of(runs, 'gateway_cores') * 100:.0f} % of a core); "
+        f"load generator {median_of(runs, 'load_cores') * 100:.0f} %; "
+        f"others on the machine {median_of(runs, 'others_cores') * 100:.0f} %"
+    )
+    print(
+        f"  generator pacing p99: callers {ms('caller_pacing_p99')} ms, "
+        f"browsers {ms('mic_pacing_p99')} ms; set-up {median_of(runs, 'setup_seconds'):.1f} s; "
+        f"legs connected per run {[run['legs_connected'] for run in runs]}"
+    )
+    for n, run in enumerate(runs):
+        a, b = run["to_webrtc"], run["to_sip"]
+        print(
+            f"    run {n + 1}: ->webrtc loss {a['loss'] * 100:.2f} % jitter p99 "
+            f"{a['jitter_p99'] * 1000:.1f} latency p50/p99 {a['latency_p50'] * 1000:.1f}/"
+            f"{a['latency_p99'] * 1000:.1f} ({a['bursts_heard']}/{a['bursts_sent']}); "
+            f"->sip loss {b['loss'] * 100:.2f} % jitter p99 {b['jitter_p99'] * 1000:.1f} "
+            f"latency p50/p99 {b['latency_p50'] * 1000:.1f}/{b['latency_p99'] * 1000:.1f} "
+            f"({b['bursts_heard']}/{b['bursts_sent']}); gateway "
+            f"{run['gateway_cpu_ms_per_leg_second']:.2f} ms/leg-s, others "
+            f"{run['others_cores'] * 100:.0f} %; gateway {run['gateway']}"
+        )
+
+
+async def orchestrate(loads: list[int], duration: float, runs: int, use_uvloop: bool) -> None:
+    for legs in loads:
+        results = []
+        for _ in range(runs):
+            try:
+                results.append(await one_run(legs, duration, use_uvloop))
+            except (TimeoutError, SystemExit, AssertionError) as failure:
+                # A load the node cannot set up in time is a result too, not a crash.
+                print(f"\n{legs} legs: a run failed ({type(failure).__name__}: {failure})")
+        if results:
+            report(legs, results)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bursts", type=int, default=10)
-    parser.add_argument("--codec", choices=("opus", "PCMU"), default="opus")
+    parser.add_argument(
+        "--role", choices=("orchestrator", "gateway", "load"), default="orchestrator"
+    )
+    parser.add_argument("--legs", default="25,50,100")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--control", type=int, default=0)
+    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    for label, prefetch in (("receive_prefetch=0 (voicegw)", 0), ("aiortc default (4)", None)):
-        inbound, outbound = await run(args.bursts, prefetch, args.codec)
-        print(f"{args.codec} {label}:")
-        print(f"  browser -> gateway: {ms(inbound)}")
-        print(f"  gateway -> browser: {ms(outbound)}")
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
+    if args.role == "gateway":
+        asyncio.run(gateway_main(args.uvloop))
+    elif args.role == "load":
+        asyncio.run(load_main(int(args.legs), args.duration, args.control))
+    else:
+        loads = [int(n) for n in args.legs.split(",")]
+        asyncio.run(orchestrate(loads, args.duration, args.runs, args.uvloop))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

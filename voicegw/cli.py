@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -76,6 +76,21 @@ def with_session(config: Path | None, work: Callable[[AsyncSession], Awaitable[T
     return asyncio.run(run())
 
 
+def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop where it is installed (a dependency off Windows).
+
+    The media path makes one socket call per RTP packet; uvloop's C UDP transport and
+    loop relay a packet with about 5 % less CPU than asyncio's
+    (``benchmarks/bench_rtp_relay.py --both-ways [--uvloop]``, 17.4 vs 18.2 µs).
+    """
+    try:
+        import uvloop
+    except ImportError:  # Windows: uvloop does not build there
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the gateway (creates the schema, and a demo tenant on an empty database)."""
@@ -84,7 +99,7 @@ def serve(config: ConfigOption = None) -> None:
     settings = settings_from(config)
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        asyncio.run(run_server(settings))
+        _run_event_loop(run_server(settings))
     except OSError as exc:
         raise fail(
             f"cannot start: {exc.strerror} ({exc.__class__.__name__}); "
@@ -458,7 +473,7 @@ def recordings_verify(
     config: ConfigOption = None,
 ) -> None:
     """Check a stored recording against its metadata and its authentication; exit 1 if not."""
-    from voicegw.api.recordings import check_stored
+    from voicegw.recording.export import check_stored
     from voicegw.recording.keys import LocalKeyring
     from voicegw.recording.storage import LocalFilesystemStorage
 
@@ -472,13 +487,9 @@ def recordings_verify(
         LocalFilesystemStorage(settings.recordings_root), LocalKeyring(settings.key_dir), row
     )
     if result.ok:
-        done = "complete" if result.complete else "incomplete"
-        typer.echo(f"recording {recording_id}: OK ({result.chunks} chunks, {done})")
+        typer.echo(f"recording {recording_id}: {result.describe()}")
         return
-    raise fail(
-        f"recording {recording_id} FAILED verification: {result.problem or 'metadata mismatch'} "
-        f"(matches metadata: {result.matches_metadata}, authenticates: {result.authenticates})"
-    )
+    raise fail(f"recording {recording_id} {result.describe()}")
 
 
 @recordings_app.command("export")
@@ -491,11 +502,16 @@ def recordings_export(
     """Decrypt a recording to a 2-channel WAV file (audited before a byte is written)."""
     import os
 
-    from voicegw.api.recordings import Export, ExportRefused, open_export, preamble_of
     from voicegw.recording.errors import ContainerError
+    from voicegw.recording.export import (
+        Export,
+        ExportRefused,
+        audit_export,
+        open_export,
+        preamble_of,
+    )
     from voicegw.recording.keys import LocalKeyring
     from voicegw.recording.storage import LocalFilesystemStorage
-    from voicegw.store import recordings as store
 
     settings = settings_from(config)
     storage = LocalFilesystemStorage(settings.recordings_root)
@@ -507,19 +523,7 @@ def recordings_export(
             export = await asyncio.to_thread(open_export, storage, keys, row)
         except ExportRefused as exc:
             raise fail(f"recording {recording_id} not exported: {exc.message}") from None
-        await audit.append(
-            session,
-            actor=cli_actor(),
-            tenant_id=tenant,
-            action="recording.export",
-            target=store.target_of(row),
-            details={
-                "plaintext_bytes": export.plaintext_bytes,
-                "complete": export.complete,
-                "ciphertext_sha256": row.ciphertext_sha256,
-                "via": "cli",
-            },
-        )
+        await audit_export(session, actor=cli_actor(), row=row, export=export, via="cli")
         return row, export
 
     row, export = with_session(config, work)

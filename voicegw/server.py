@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from voicegw.api.app import create_app
 from voicegw.asr.registry import default_asr_registry
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
-from voicegw.calls.agent_bridge import AgentBridge
+from voicegw.calls.agent_bridge import (
+    AgentBridge,
+    AgentBridgeConfig,
+    queue_definitions,
+    trunk_dialer,
+)
+from voicegw.calls.agent_live import AgentLiveView
 from voicegw.calls.agents import AgentDirectory
 from voicegw.calls.bridge import BridgeService, store_contacts, store_tenant_users
 from voicegw.calls.consented import ConsentedDeps, with_consent
@@ -35,13 +41,14 @@ from voicegw.media.ports import PortAllocator
 from voicegw.media.webrtc import IceServer, WebRtcConfig
 from voicegw.recording import retention
 from voicegw.recording.keys import LocalKeyring
-from voicegw.recording.recorder import recover_incomplete
+from voicegw.recording.recorder import RecorderConfig, recover_incomplete
 from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate, sip_accounts, tenants
 from voicegw.store.db import create_engine, session_factory
+from voicegw.store.processing import ProcessingRecordWriter
 from voicegw.store.prompt_files import PromptLibrary
 from voicegw.tts.registry import default_tts_registry
 
@@ -114,6 +121,16 @@ def call_layer(
 
     media = settings.media
     records = CallRecords(sessions, node=settings.node_name)
+    # Consent first, then the live view (consent state, transcript, secure pause on the
+    # agent's page), then the queue.
+    live = AgentLiveView(
+        queue if queue is not None else AgentBridge(agents),
+        clock=consent.clock,
+        asr=consent.asr,
+        on_record=consent.on_record,
+    )
+    agent_calls = with_consent(live, consent)
+    live.attach(agent_calls)
     bridge = BridgeService(store_contacts(sessions), records=records)
     calls = SipCalls(
         sip,
@@ -124,9 +141,7 @@ def call_layer(
         {
             Service.ECHO: EchoService(),
             Service.BRIDGE_USER: bridge,
-            Service.AGENT_QUEUE: with_consent(
-                queue if queue is not None else AgentBridge(agents), consent
-            ),
+            Service.AGENT_QUEUE: agent_calls,
         },
         SipCallsConfig(
             media_address=media.advertised_address or settings.sip.host,
@@ -140,14 +155,20 @@ def call_layer(
 
 
 async def recover_recordings(
-    sessions: async_sessionmaker[AsyncSession], storage: StorageBackend, keys: LocalKeyring
+    sessions: async_sessionmaker[AsyncSession],
+    storage: StorageBackend,
+    keys: LocalKeyring,
+    *,
+    node: str,
 ) -> int:
-    """Settle what a crash left ``writing`` (every tenant); run before any call is taken."""
+    """Settle what a crash of this ``node`` left ``writing`` (every tenant); run before any
+    call is taken. Other nodes sharing the database may be recording: theirs are left."""
     async with sessions() as session:
         tenant_ids = [tenant.id for tenant in await tenants.list_tenants(session)]
     recovered = 0
     for tenant_id in tenant_ids:
-        recovered += len(await recover_incomplete(sessions, storage, keys, tenant_id=tenant_id))
+        found = await recover_incomplete(sessions, storage, keys, tenant_id=tenant_id, node=node)
+        recovered += len(found)
     log.info("recording.recovered", extra={"objects": recovered})
     return recovered
 
@@ -187,8 +208,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     storage = LocalFilesystemStorage(settings.recordings_root)
     keyring = LocalKeyring(settings.key_dir)
-    await recover_recordings(sessions, storage, keyring)
-    queue = AgentBridge(agents)  # the call layer's agent queue, also the supervisor view's
+    await recover_recordings(sessions, storage, keyring, node=settings.node_name)
+    # The call layer's agent queues (skills, [[queues]] of the config), also the supervisor's.
+    queue = AgentBridge(agents, AgentBridgeConfig(queues=queue_definitions(settings.queues)))
     app = create_app(
         sessions,
         settings.storage.data_dir,
@@ -209,6 +231,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     media_clock = MediaClock()
     media_clock.start()
     asr = default_asr_registry()
+    processing = ProcessingRecordWriter(sessions)  # provider uses -> rows, off the media path
     consent = ConsentedDeps(
         sessions=sessions,
         storage=storage,
@@ -218,10 +241,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         prompt_cache=PromptCache(),
         asr=asr,
         prompt_files=PromptLibrary(settings.storage.data_dir / "prompts"),
+        on_record=processing.submit,
+        recorder_config=RecorderConfig(node=settings.node_name),
     )
     calls, records = call_layer(settings, sip, sessions, agents, consent, queue=queue)
+    queue.dial = trunk_dialer(calls, sip.trunks)  # agents' transfers to external numbers
     sweeper: asyncio.Task[None] | None = None
     try:
+        processing.start()
         bound = await sip.start()
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
@@ -272,6 +299,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("server.stopping")
         await calls.close()
         await records.wait_written()  # the last calls' end rows
+        await processing.aclose()  # the last calls' processing records
         await sip.stop()
         await runner.cleanup()
         await agents.close()

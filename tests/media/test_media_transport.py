@@ -181,8 +181,10 @@ async def test_malformed_datagrams_are_counted_and_do_not_disturb_the_call(net: 
     dropped = a.leg.dropped
     # Random second bytes sometimes look like RTCP packet types: those count as bad RTCP.
     await until(
-        lambda: len(callee.packets()) == 20
-        and dropped[DropReason.MALFORMED] + dropped[DropReason.MALFORMED_RTCP] == 40
+        lambda: (
+            len(callee.packets()) == 20
+            and dropped[DropReason.MALFORMED] + dropped[DropReason.MALFORMED_RTCP] == 40
+        )
     )
 
 
@@ -201,6 +203,32 @@ async def test_rfc4733_digits_reach_the_event_handler_and_not_the_other_leg(net:
     assert digits == ["9"]
     assert SourceLatched(caller.address, signalled=True) in events
     assert callee.packets() == []
+
+
+async def test_a_digit_whose_end_packets_are_lost_is_reported_by_the_legs_timer(
+    net: Net,
+) -> None:
+    """Audio does not re-arm the leg's timer per packet; a DTMF packet must, or a digit
+    without its end packets would wait for the next RTCP report (seconds)."""
+    caller, callee = await net.peer(), await net.peer()
+    a = await net.leg(caller.address, telephone_event_payload_type=101, rtcp_interval=60.0)
+    b = await net.leg(callee.address)
+    bridge(a, b)
+    events: list[MediaEvent] = []
+    a.on_event = events.append
+    caller.send(audio(1), a.local_rtp)
+    # A 300 ms press whose end packets (E bit, RFC 4733 §2.3.4) never come.
+    updates = [p for p in digit_packets("7", timestamp=160, duration=0.3) if p.payload[1] < 0x80]
+    assert len(updates) >= 2
+    for seq, packet in enumerate(updates, start=2):
+        wire = RtpPacket(101, seq, packet.timestamp, 0xCA11E2, packet.payload, packet.marker)
+        caller.send(bytes(wire), a.local_rtp)
+    sent_at = asyncio.get_running_loop().time()
+    await until(lambda: any(isinstance(e, DtmfReceived) for e in events), seconds=2.0)
+    waited = asyncio.get_running_loop().time() - sent_at
+    [digit] = [e.digit for e in events if isinstance(e, DtmfReceived)]
+    assert digit.digit == "7" and not digit.ended
+    assert waited < 1.5  # the DTMF timeout (0.25 s), not the RTCP interval (30-90 s)
 
 
 async def test_rtcp_on_its_own_port_gives_each_side_an_rtt(net: Net) -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from voicegw.media.clock import MediaClock
-from voicegw.media.codecs import PCMU
+from voicegw.media.codecs import PCMA, PCMU, Codec
 from voicegw.media.ports import PortAllocator
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.session import Address, LegConfig, MediaLeg, static_codecs
-from voicegw.media.taps import CallTap, Tap, TapConsumer, TapFrame
+from voicegw.media.taps import CallTap, Tap, TapConsumer, TapFrame, TapHub
 from voicegw.media.transport import LegTransport, wallclock_offset
 
 HOST = "127.0.0.1"
@@ -52,6 +52,70 @@ async def test_a_closed_consumer_drains_then_stops_iterating() -> None:
     tap.close()
     tap.publish(frame(2))
     assert [f.index async for f in consumer] == [0, 1]
+
+
+def test_drain_hands_over_every_queued_frame_at_once_and_counts_them() -> None:
+    consumer = TapConsumer(maxsize=10)
+    for i in range(4):
+        consumer.offer(frame(i))
+    assert [f.index for f in consumer.drain()] == [0, 1, 2, 3]
+    assert consumer.delivered == 4 and consumer.pending == 0 and consumer.drain() == []
+
+
+class SteppedTime:
+    """A clock whose sleep just moves time on: ticks run back to back, exactly on time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.now += delay
+
+
+async def test_taps_of_many_calls_share_one_clock_subscriber_and_decode_exactly() -> None:
+    """Batched decoding across calls and laws gives each party what its own decoder would."""
+    rng = np.random.default_rng(4)
+    source = ("192.0.2.1", 4000)
+    laws: list[Codec] = [PCMU, PCMU, PCMA, PCMU, PCMA]
+    legs = [
+        MediaLeg(LegConfig(static_codecs(c), c.payload_type or 0, remote_rtp=source), 0.0)
+        for c in laws
+    ]
+    time = SteppedTime()
+    clock = MediaClock(time=time.time, sleep=time.sleep)
+    call_taps = [CallTap({"caller": leg}) for leg in legs]
+    consumers = [t.tap.add_consumer(maxsize=100) for t in call_taps]
+    for call_tap in call_taps:
+        call_tap.attach(clock)
+    assert clock.subscribers == 1 and TapHub.of(clock).taps == len(legs)
+
+    sent: list[list[bytes]] = []
+    for n, (leg, codec) in enumerate(zip(legs, laws, strict=True)):
+        payloads = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(5)]
+        for seq, payload in enumerate(payloads):
+            packet = RtpPacket(codec.payload_type or 0, seq, seq * 160, n + 1, payload)
+            assert leg.receive(bytes(packet), source, 0.0)
+        sent.append(payloads)
+    await clock.run(ticks=15)
+
+    indexes = None
+    for consumer, codec, payloads in zip(consumers, laws, sent, strict=True):
+        frames = consumer.drain()
+        heard = [f.pcm for f in frames if not f.filled]
+        assert heard == [codec.decode(p) for p in payloads]
+        # Every call saw every tick, with the same indexes.
+        assert indexes is None or [f.index for f in frames] == indexes
+        indexes = [f.index for f in frames]
+    assert indexes == list(range(15))
+
+    for call_tap in call_taps[:-1]:
+        call_tap.detach()
+    assert clock.subscribers == 1  # one call is still tapped
+    call_taps[-1].detach()
+    assert clock.subscribers == 0 and not any(leg.pcm_enabled for leg in legs)
 
 
 async def test_a_waiting_reader_wakes_on_publish() -> None:

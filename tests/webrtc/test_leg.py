@@ -8,16 +8,21 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import av
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket
 
+from voicegw.media.g711 import ulaw_encode
 from voicegw.media.webrtc import (
     FRAME_BYTES,
     IterSource,
+    LegCounters,
     LiveSource,
     WebRtcConfig,
     WebRtcLeg,
     WebRtcLegError,
+    _InlineReceiver,
 )
 
 LOOPBACK_ONLY = WebRtcConfig(host_addresses=("127.0.0.1",))
@@ -156,8 +161,8 @@ def test_a_live_source_drops_the_oldest_frames_to_bound_delay() -> None:
     ]
 
 
-async def test_browser_audio_reaches_the_gateway_within_a_few_frames(browser: Any) -> None:
-    """Jitter buffer prefetch 0 and a streaming resampler: ~60 ms on loopback (was ~180)."""
+async def test_browser_audio_reaches_the_gateway_within_a_frame(browser: Any) -> None:
+    """Each packet is decoded as it arrives: no jitter buffer (aiortc's held 80 ms)."""
     browser.mic.signal = lambda t: 0.5 * np.sin(2 * np.pi * 1000 * t) * ((t % 0.5) < 0.02)
     loop = asyncio.get_running_loop()
     heard_at: list[float] = []
@@ -175,7 +180,98 @@ async def test_browser_audio_reaches_the_gateway_within_a_few_frames(browser: An
     bursts = browser.mic.sent_at[::25]
     delays = [min((h - s for h in heard_at if 0 <= h - s < 0.5), default=1.0) for s in bursts]
     assert len(delays) >= 5
-    assert sorted(delays)[len(delays) // 2] < 0.1  # aiortc prefetch alone: 120 ms
+    # The stand-in encodes in aiortc's thread pool; aiortc's own receive path: 120 ms.
+    assert sorted(delays)[len(delays) // 2] < 0.02
+
+
+class OpusProbe:
+    """Takes the place of the stand-in browser's jitter buffer: when loud audio arrived."""
+
+    def __init__(self) -> None:
+        self.decoder: Any = av.CodecContext.create("libopus", "r")
+        self.decoder.format, self.decoder.layout, self.decoder.sample_rate = "s16", "mono", 48000
+        self.loud_at: list[float] = []
+        self.packets = 0
+        self.packet = asyncio.Event()
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        now = asyncio.get_running_loop().time()
+        frames = self.decoder.decode(av.Packet(packet.payload))
+        if any(np.abs(f.to_ndarray()).max() > 5000 for f in frames):
+            self.loud_at.append(now)
+        self.packets += 1
+        self.packet.set()
+        return False, None
+
+
+async def test_a_live_source_frame_leaves_at_once_and_silence_keeps_a_20_ms_pace(
+    browser: Any,
+) -> None:
+    source = LiveSource()
+    leg = WebRtcLeg(LOOPBACK_ONLY, source, lambda _frame: None)
+    probe = OpusProbe()
+    loud = tone_8k(1000, 0.02)
+    loop = asyncio.get_running_loop()
+    delays = []
+    try:
+        await connect(browser, leg)
+        (transceiver,) = browser.pc.getTransceivers()
+        transceiver.receiver._RTCRtpReceiver__jitter_buffer = probe
+        await wait_until(lambda: leg.connection_state == "connected")
+        for _ in range(6):
+            await asyncio.sleep(0.2)
+            # Just after an idle (silent) frame left: a paced track would wait ~20 ms now.
+            probe.packet.clear()
+            await asyncio.wait_for(probe.packet.wait(), 2.0)
+            pushed, heard = loop.time(), len(probe.loud_at)
+            source.push(loud)
+            await wait_until(lambda h=heard: len(probe.loud_at) > h, within=2.0)
+            delays.append(probe.loud_at[heard] - pushed)
+        idle_from = probe.packets
+        await asyncio.sleep(1.0)
+        idle = probe.packets - idle_from
+    finally:
+        await leg.close()
+    assert sorted(delays)[len(delays) // 2] < 0.01, delays  # a paced track: ~20 ms here
+    assert 40 <= idle <= 55  # nothing pushed: silence, 50 frames a second
+
+
+def pcmu_packet(seq: int, ssrc: int = 7, level: int = 0) -> RtpPacket:
+    pcm = np.full(160, level, dtype=np.int16).tobytes()
+    packet = RtpPacket(payload_type=0, sequence_number=seq, timestamp=seq * 160, ssrc=ssrc)
+    packet.payload = ulaw_encode(pcm)
+    return packet
+
+
+def test_packets_are_delivered_on_arrival_and_late_ones_dropped_and_gaps_counted() -> None:
+    counters = LegCounters()
+    delivered: list[bytes] = []
+    receiver = _InlineReceiver({0: "PCMU"}, delivered.append, counters)
+    for seq in (65534, 65535, 0, 0, 65535, 3, 4):  # wraps; a duplicate, a late one, a gap
+        assert receiver.add(pcmu_packet(seq)) == (False, None)
+    assert len(delivered) == 5 and {len(f) for f in delivered} == {FRAME_BYTES}
+    assert (counters.late, counters.lost) == (2, 2)
+    receiver.add(pcmu_packet(100, ssrc=8, level=1000))  # a new sender starts afresh
+    assert counters.lost == 2 and len(delivered) == 6
+    assert np.abs(np.frombuffer(delivered[-1], dtype=np.int16) - 1000).max() < 40
+    receiver.add(pcmu_packet(101, ssrc=8))
+    receiver.add(RtpPacket(payload_type=96, sequence_number=102, ssrc=8))  # not negotiated
+    assert len(delivered) == 7
+
+
+def test_a_failing_frame_consumer_is_counted_and_does_not_stop_receiving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counters = LegCounters()
+
+    def broken(_pcm: bytes) -> None:
+        raise RuntimeError("consumer bug")
+
+    receiver = _InlineReceiver({0: "PCMU"}, broken, counters)
+    for seq in range(3):
+        assert receiver.add(pcmu_packet(seq)) == (False, None)
+    assert counters.consumer_failures == 3 and counters.frames_received == 3
+    assert "webrtc frame consumer failed" in caplog.text
 
 
 async def test_a_malformed_trickled_candidate_is_refused_not_asserted_on() -> None:

@@ -32,6 +32,7 @@ Time bases: ``now`` is monotonic seconds; RTCP NTP timestamps and RTT use
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ from typing import Final
 
 from .codecs import Codec
 from .dtmf import DtmfDigit, DtmfReceiver
-from .jitter import JitterBuffer, repeat_then_silence_concealer
+from .jitter import JitterBuffer, JitterFrame, repeat_then_silence_concealer
 from .rtcp import (
     ReportBlock,
     RtcpBye,
@@ -53,7 +54,7 @@ from .rtcp import (
     parse_compound,
     serialize_compound,
 )
-from .rtp import RtpError, RtpPacket, is_rtcp, seq_diff, seq_newer
+from .rtp import RtpError, RtpPacket, is_rtcp, seq_diff
 from .stats import ReceiverStats, SenderStats, StreamSummary, round_trip_time
 
 __all__ = [
@@ -78,6 +79,11 @@ Address = tuple[str, int]
 
 #: Past receive streams kept for the call record when the remote SSRC changes.
 _SSRC_HISTORY: Final = 4
+
+# What we send never has CSRCs, an extension or padding: the fixed header, packed in
+# one call (``bytes(RtpPacket(...))`` costs an object and its checks per packet).
+_pack_rtp_header = struct.Struct("!BBHII").pack
+_RTP_V2: Final = 0x80
 
 
 class DropReason(Enum):
@@ -185,6 +191,8 @@ class LegConfig:
     def __post_init__(self) -> None:
         if self.send_payload_type not in self.codecs:
             raise ValueError("send_payload_type is not among the negotiated codecs")
+        if not all(0 <= pt <= 127 for pt in self.codecs):
+            raise ValueError("RTP payload types are 0..127")
         if self.latch_packets < 1:
             raise ValueError("latch_packets must be at least 1")
 
@@ -241,11 +249,13 @@ class RtpSender:
 
     def frame(self, payload_type: int, payload: bytes, now: float) -> bytes:
         """A locally generated frame (prompt, hold music, transcoded audio)."""
+        if not 0 <= payload_type <= 127:
+            raise RtpError("RTP payload type is out of range")
         timestamp, pause = self._advance(now)
         marker = pause or self._relay_ssrc is not None or self._last_send is None
         self._relay_ssrc = None
         seq = (self._seq + 1) & 0xFFFF
-        return self._emit(RtpPacket(payload_type, seq, timestamp, self.ssrc, payload, marker), now)
+        return self._emit(payload_type, seq, timestamp, payload, marker, now)
 
     def relay(self, packet: RtpPacket, payload_type: int, payload: bytes, now: float) -> bytes:
         """``packet`` from another leg, renumbered onto our stream."""
@@ -258,18 +268,24 @@ class RtpSender:
             marker = True
         seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        return self._emit(RtpPacket(payload_type, seq, timestamp, self.ssrc, payload, marker), now)
+        return self._emit(payload_type, seq, timestamp, payload, marker, now)
 
-    def _emit(self, packet: RtpPacket, now: float) -> bytes:
-        if self._last_send is None or seq_newer(packet.sequence_number, self._seq):
+    def _emit(
+        self, payload_type: int, seq: int, timestamp: int, payload: bytes, marker: bool, now: float
+    ) -> bytes:
+        # seq_newer(seq, self._seq), inlined: this runs for every packet sent.
+        if self._last_send is None or 0 < ((seq - self._seq) & 0xFFFF) < 0x8000:
             # A reordered relayed packet goes out with its own numbers but does
             # not move the stream back.
-            self._seq = packet.sequence_number
-            self._ts = packet.timestamp
+            self._seq = seq
+            self._ts = timestamp
             self._last_send = now
-        self.stats.on_sent(len(packet.payload))
+        stats = self.stats
+        stats.packet_count += 1  # SenderStats.on_sent, inlined
+        stats.octet_count += len(payload)
         self._sent_since_report = True
-        return bytes(packet)
+        second = payload_type | 0x80 if marker else payload_type
+        return _pack_rtp_header(_RTP_V2, second, seq, timestamp, self.ssrc) + payload
 
     def rtp_timestamp_at(self, now: float) -> int:
         """The RTP time that corresponds to ``now`` (for the SR's sender info)."""
@@ -286,9 +302,7 @@ class RtpSender:
 class MediaLeg:
     """The RTP/RTCP state of one call leg (see the module docstring)."""
 
-    def __init__(
-        self, config: LegConfig, now: float, *, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, config: LegConfig, now: float, *, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng or random.Random()
         codec = config.send_codec
@@ -319,6 +333,10 @@ class MediaLeg:
         self._rtt: float | None = None
         self._out: list[Datagram] = []
         self.last_received: float | None = None
+        #: Set by :meth:`receive` when :meth:`next_deadline` may have moved (a DTMF
+        #: packet); the I/O layer re-arms its timer and clears it. Audio never sets it,
+        #: so the relay path does not recompute the deadline per packet.
+        self.deadline_moved = False
         # RFC 3550 §6.2: the first report goes out after half the interval.
         self._rtcp_at = now + self._rtcp_delay() / 2
 
@@ -384,6 +402,7 @@ class MediaLeg:
         self.last_received = now  # for the call's media-inactivity timeout
         if codec is None:
             events.extend(DtmfReceived(d) for d in self.dtmf.receive(packet, now))
+            self.deadline_moved = True
             return events
         self._rx_codec = codec
         if self._jitter is not None:
@@ -495,11 +514,22 @@ class MediaLeg:
         """Whether accepted audio is handed out as :class:`RtpReceived` (off: PCM only)."""
         self._relay = enabled
 
-    def playout(self, now: float) -> PcmFrame | None:
-        """The received frame due at this 20 ms tick, decoded; None while buffering or idle."""
+    @property
+    def receive_codec(self) -> Codec:
+        """The codec of the audio last received (what :meth:`playout_encoded` frames are in)."""
+        return self._rx_codec
+
+    def playout_encoded(self, now: float) -> JitterFrame | None:
+        """The received frame due at this 20 ms tick, still encoded with
+        :attr:`receive_codec` (taps decode many legs' frames in one call); None while
+        buffering or idle."""
         if self._jitter is None:
             return None
-        frame = self._jitter.pop(now)
+        return self._jitter.pop(now)
+
+    def playout(self, now: float) -> PcmFrame | None:
+        """The received frame due at this 20 ms tick, decoded; None while buffering or idle."""
+        frame = self.playout_encoded(now)
         if frame is None:
             return None
         codec = self._rx_codec

@@ -97,6 +97,7 @@ class LegTransport:
     # -- receive -------------------------------------------------------------
 
     def _datagram(self, data: bytes, addr: Any) -> None:
+        # The per-packet path: keep it free of allocations and calls it does not need.
         srtp = self.srtp
         if srtp is not None:
             plain = srtp.unprotect(data)
@@ -104,13 +105,17 @@ class LegTransport:
                 return  # forged, replayed or garbled: counted in srtp.stats
             data = plain
         now = self._time()
-        # IPv6 source addresses come as 4-tuples; the leg compares (host, port).
-        events = self.leg.receive(data, (addr[0], addr[1]), now)
+        if len(addr) != 2:
+            addr = addr[:2]  # IPv6 sources come as 4-tuples; the leg compares (host, port)
+        leg = self.leg
+        events = leg.receive(data, addr, now)
         if events:
             self._dispatch(events, now)
-        # Receiving never queues datagrams (only timers and close do); it may move
-        # the DTMF deadline, though.
-        self._arm()
+        # Receiving never queues datagrams (only timers and close do); a DTMF
+        # packet may move the deadline, though.
+        if leg.deadline_moved:
+            leg.deadline_moved = False
+            self._arm()
 
     def _dispatch(self, events: list[MediaEvent], now: float) -> None:
         peer = self.peer

@@ -3,15 +3,33 @@
 The browser offers, we answer: :meth:`WebRtcLeg.accept_offer` takes the
 browser's SDP and returns a complete answer (aiortc gathers every candidate
 before it returns; it does not trickle). Our side of the audio is 20 ms
-frames of 16-bit little-endian mono PCM at 8 kHz (:data:`FRAME_BYTES`):
+frames of 16-bit little-endian mono PCM at 8 kHz (:data:`FRAME_BYTES`).
 
-* towards the browser, a :class:`TelephonyTrack` pulls one frame per 20 ms
-  from a :class:`FrameSource` (silence when it has none) and resamples it
-  8 kHz -> 48 kHz with one ``soxr.ResampleStream`` kept for the whole leg, so
-  frame edges do not click;
-* from the browser, decoded frames (Opus at 48 kHz, or PCMU) are down-mixed,
-  resampled to 8 kHz by a second stream and handed to ``on_frame`` (a plain
-  callback that must not block: append to a list, ``put_nowait`` on a queue).
+aiortc does the network half (ICE, DTLS-SRTP, RTP/RTCP); the audio half is
+ours, because aiortc's own adds 60-120 ms that a phone call cannot spare:
+
+* **From the browser**, aiortc's receiver holds packets in a jitter buffer
+  (4 frames by default; even with none it releases a frame only when the next
+  one arrives: +20 ms), then hands them to a decoder thread that posts frames
+  back to the loop. We replace that buffer (:class:`_InlineReceiver`): each
+  packet is decoded on arrival, on the loop (Opus ~25 µs a frame), resampled
+  48 kHz -> 8 kHz and handed to ``on_frame`` at once. Late and duplicate
+  packets are dropped; there is no second jitter buffer here, the caller's
+  phone has one. ``on_frame`` is a plain callback that must not block.
+* **Towards the browser**, :class:`TelephonyTrack` returns packets already
+  encoded (Opus from 8 kHz input, or G.711 µ-law), which aiortc only
+  packetises: no encoder thread hop, no resampler in front of the encoder.
+  A :class:`LiveSource` (a caller's frames pushed in real time) wakes the
+  track when a frame is pushed, so a frame leaves as soon as it exists rather
+  than at the track's next 20 ms tick; with nothing pushed the track keeps a
+  20 ms pace of silence. Other sources (:class:`IterSource`) are paced.
+* **Resampling** 48 kHz -> 8 kHz uses FFmpeg's libswresample (through PyAV,
+  as aiortc does): about 2 ms of delay, passband flat to 3.4 kHz, aliases
+  -60 dB. soxr's streaming engines hold back output far longer at this ratio
+  (measured, 20 ms frames: LQ 20 ms, HQ 70 ms, variable-rate 28 ms). The other
+  direction needs none: libopus encodes 8 kHz input as narrowband, and the
+  browser's decoder plays it at 48 kHz. Opus runs in libopus' ``lowdelay``
+  mode (2.5 ms look-ahead instead of 6.5 ms).
 
 Network settings are explicit (:class:`WebRtcConfig`):
 
@@ -26,27 +44,22 @@ Network settings are explicit (:class:`WebRtcConfig`):
   with a function that reads a :class:`~contextvars.ContextVar` set only while
   this leg gathers. Other aiortc users in the process keep aioice's choice.
 * Security: DTLS-SRTP is aiortc's (a fresh self-signed certificate per
-  connection, its fingerprint in the SDP). Note that aioice 0.13 does *not*
-  filter by address: ``StunProtocol.datagram_received`` hands every non-STUN
-  datagram to the connection whatever its source, validated pair or not.
-  What keeps injected media out is SRTP authentication (without the keys
-  from our DTLS handshake, whose peer must present the certificate the
-  signalled fingerprint names, ``unprotect`` fails and aiortc drops the
-  packet) - see ``tests/webrtc/test_leg.py``. Unauthenticated DTLS records
-  from a stranger can still disturb a handshake in progress (a nuisance, not
-  an injection); the SIP side's strict-RTP latching does not apply here.
+  connection, its fingerprint in the SDP); our receive path sits behind
+  aiortc's SRTP check, so it only ever sees authenticated packets. Note that
+  aioice 0.13 does *not* filter by address: ``StunProtocol.datagram_received``
+  hands every non-STUN datagram to the connection whatever its source,
+  validated pair or not. What keeps injected media out is SRTP
+  authentication (without the keys from our DTLS handshake, whose peer must
+  present the certificate the signalled fingerprint names, ``unprotect``
+  fails and aiortc drops the packet) - see ``tests/webrtc/test_leg.py``.
+  Unauthenticated DTLS records from a stranger can still disturb a handshake
+  in progress (a nuisance, not an injection).
 * DTMF: aiortc has no ``telephone-event`` codec, so it never negotiates
   RFC 4733 with a browser; the softphone page sends digits over signalling.
-* Latency: aiortc's audio receiver holds 4 frames in its jitter buffer
-  before playing out (80 ms on top of the network). ``receive_prefetch``
-  replaces that buffer after negotiation; 0 plays a frame out as soon as the
-  next one starts (20 ms). It touches an aiortc private attribute, checked
-  and failing loudly when aiortc changes. soxr's default engine emits audio
-  in ~140 ms blocks; the variable-rate engine streams (see
-  :func:`_resample_stream`). ``benchmarks/bench_webrtc.py`` measured on
-  loopback, Opus: browser -> gateway 62 ms (aiortc defaults and block
-  resampling: 180 ms), gateway -> browser 42 ms (was 200 ms); a 20 ms frame
-  and the stand-in peer's own decoding are part of both figures.
+
+The receive hook replaces an aiortc private attribute; it is checked and
+fails loudly when aiortc changes. ``benchmarks/bench_webrtc.py`` measures the
+latency and the number of concurrent legs a node carries.
 """
 
 from __future__ import annotations
@@ -57,14 +70,13 @@ import fractions
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import aioice.ice
-import numpy as np
-import soxr
+import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -74,10 +86,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
-from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
-from av import AudioFrame
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+from av import AudioFrame, AudioResampler, CodecContext, Packet
+
+from .g711 import ulaw_decode, ulaw_encode
 
 __all__ = [
     "FRAME_BYTES",
@@ -106,7 +119,16 @@ SILENCE: Final = bytes(FRAME_BYTES)
 #: Codecs we answer with, by aiortc MIME type; order is preference.
 CODEC_MIME: Final = {"opus": "audio/opus", "PCMU": "audio/PCMU"}
 
+#: Where aiortc's receiver keeps the jitter buffer it hands every incoming packet to.
 _JITTER_ATTR: Final = "_RTCRtpReceiver__jitter_buffer"
+#: How long past its due time a live source's frame is waited for before silence goes.
+_LIVE_GRACE: Final = FRAME_SECONDS
+#: A paced track that fell further behind than this (a stalled loop) skips ahead.
+_MAX_BEHIND: Final = 0.1
+#: Opus towards the browser: narrowband from our 8 kHz frames, CELT low-delay mode.
+_OPUS_BITRATE: Final = 32000
+#: A sequence jump this large is a sender restart, not loss.
+_MAX_SEQ_JUMP: Final = 3000
 #: RFC 8839 candidate-attribute value; aiortc's parser asserts instead of raising.
 _CANDIDATE: Final = re.compile(
     r"\S{1,32} \d{1,3} (?i:udp|tcp) \d{1,10} [0-9A-Za-z.:%-]{1,255} \d{1,5} typ \w+(?: [ -~]*)?"
@@ -142,15 +164,11 @@ class WebRtcConfig:
     #: Addresses offered as host candidates; None keeps aioice's discovery.
     host_addresses: tuple[str, ...] | None = None
     codecs: tuple[str, ...] = ("opus", "PCMU")
-    #: Frames aiortc's receive jitter buffer holds back; aiortc's own is 4.
-    receive_prefetch: int | None = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.codecs) - set(CODEC_MIME)
         if unknown or not self.codecs:
             raise ValueError(f"codecs must be a non-empty subset of {sorted(CODEC_MIME)}")
-        if self.receive_prefetch is not None and not 0 <= self.receive_prefetch <= 8:
-            raise ValueError("receive_prefetch must be within 0..8")
 
 
 class FrameSource(Protocol):
@@ -178,19 +196,45 @@ class LiveSource:
     """Frames pushed by a producer running in real time.
 
     Bounded: when the producer runs ahead, the oldest frames go, so the delay
-    it adds stays under ``max_frames`` x 20 ms.
+    it adds stays under ``max_frames`` x 20 ms. A :class:`TelephonyTrack`
+    playing it waits in :meth:`wait_frame`, so a pushed frame leaves at once.
     """
 
     def __init__(self, max_frames: int = 5) -> None:
         self._frames: deque[bytes] = deque(maxlen=max_frames)
+        self._waiters: list[asyncio.Future[None]] = []
 
     def push(self, frame: bytes) -> None:
         if len(frame) != FRAME_BYTES:
             raise ValueError(f"frames are {FRAME_BYTES} bytes of 8 kHz 16-bit PCM")
         self._frames.append(frame)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def next_frame(self) -> bytes | None:
         return self._frames.popleft() if self._frames else None
+
+    async def wait_frame(self, deadline: float) -> bytes | None:
+        """The next frame as soon as there is one, or None at loop time ``deadline``."""
+        frame = self.next_frame()
+        if frame is not None:
+            return frame
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_at(deadline, _wake, waiter)
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.remove(waiter)
+        return self.next_frame()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # --- host candidates ---------------------------------------------------------------------
@@ -232,65 +276,126 @@ def _install_host_address_hook() -> None:
 
 # --- audio conversion --------------------------------------------------------------------
 
+#: An encoded packet of no container stream (PyAV's stubs make Packet generic in its
+#: stream; the runtime class is not subscriptable).
+_Encoded: TypeAlias = "Packet[Any]"
 
-def _resample_stream(in_rate: int, out_rate: int) -> Any:
-    # soxr's default (fixed-rate) engine works in DFT blocks: at 8k<->48k it
-    # emits nothing for 7 chunks of 20 ms, then ~140 ms at once. The
-    # variable-rate engine (vr=True) streams with ~30 ms delay at the same
-    # HQ response (aliases -87 dB, passband flat to 3.4 kHz; measured).
-    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ", vr=True)
-
-
-class _Downsampler:
-    """Decoded browser audio (any rate, mono or stereo) -> 20 ms frames at 8 kHz."""
-
-    def __init__(self) -> None:
-        self._rate: int | None = None
-        self._stream: Any = None
-        self._pending = np.zeros(0, dtype=np.int16)
-
-    def push(self, frame: AudioFrame) -> list[bytes]:
-        samples = np.asarray(frame.to_ndarray())
-        channels = len(frame.layout.channels)
-        if frame.format.is_planar:
-            mono = samples.astype(np.float32).mean(axis=0)
-        else:
-            mono = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
-        pcm = np.clip(mono, -32768, 32767).astype(np.int16)
-        if frame.sample_rate != self._rate:
-            # A codec switch (Opus <-> PCMU) changes the rate: start a new stream.
-            self._rate = frame.sample_rate
-            self._stream = _resample_stream(frame.sample_rate, RATE)
-        out = self._stream.resample_chunk(pcm) if frame.sample_rate != RATE else pcm
-        self._pending = np.concatenate([self._pending, np.asarray(out, dtype=np.int16)])
-        whole = len(self._pending) // FRAME_SAMPLES * FRAME_SAMPLES
-        chunks = [
-            self._pending[i : i + FRAME_SAMPLES].tobytes() for i in range(0, whole, FRAME_SAMPLES)
-        ]
-        self._pending = self._pending[whole:]
-        return chunks
+_WIRE_TIME_BASE: Final = fractions.Fraction(1, WIRE_RATE)
+_RATE_TIME_BASE: Final = fractions.Fraction(1, RATE)
 
 
-class _Upsampler:
-    """20 ms frames at 8 kHz -> exactly 960 samples at 48 kHz per frame."""
+class _OpusEncoder:
+    """20 ms of 8 kHz PCM -> one Opus packet (RTP clock 48 kHz)."""
 
     def __init__(self) -> None:
-        self._stream = _resample_stream(RATE, WIRE_RATE)
-        self._pending = np.zeros(0, dtype=np.int16)
+        codec: Any = CodecContext.create("libopus", "w")
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = RATE
+        codec.bit_rate = _OPUS_BITRATE
+        codec.time_base = _RATE_TIME_BASE
+        codec.options = {"application": "lowdelay", "frame_duration": "20"}
+        self._codec = codec
+        # One frame, refilled each time: libopus has consumed it when encode() returns,
+        # and building a frame from an array costs more than the copy.
+        self._frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        self._frame.sample_rate = RATE
+        self._count = 0
 
-    def convert(self, frame: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
-        out = self._stream.resample_chunk(np.frombuffer(frame, dtype=np.int16))
-        self._pending = np.concatenate([self._pending, np.asarray(out, dtype=np.int16)])
-        if len(self._pending) < WIRE_SAMPLES:
-            # Only while soxr fills its filter at the start: pad in front, once.
-            pad = np.zeros(WIRE_SAMPLES - len(self._pending), dtype=np.int16)
-            self._pending = np.concatenate([pad, self._pending])
-        chunk, self._pending = self._pending[:WIRE_SAMPLES], self._pending[WIRE_SAMPLES:]
-        return chunk
+    def encode(self, pcm: bytes) -> _Encoded:
+        frame = self._frame
+        frame.planes[0].update(pcm)
+        frame.pts = self._count * FRAME_SAMPLES
+        # libopus codes a whole 20 ms frame per call: one frame in, one packet out.
+        (packet,) = self._codec.encode(frame)
+        assert isinstance(packet, Packet)
+        packet.pts = self._count * WIRE_SAMPLES
+        packet.time_base = _WIRE_TIME_BASE
+        self._count += 1
+        return packet
+
+
+class _PcmuEncoder:
+    def __init__(self) -> None:
+        self._count = 0
+
+    def encode(self, pcm: bytes) -> _Encoded:
+        packet: _Encoded = Packet(ulaw_encode(pcm))
+        packet.pts = self._count * FRAME_SAMPLES
+        packet.time_base = _RATE_TIME_BASE
+        self._count += 1
+        return packet
+
+
+class _Framer:
+    """Cuts a stream of 8 kHz PCM bytes into 20 ms frames, aligned on the packets.
+
+    The resampler keeps back a few samples at the start (2 ms), so the first
+    packet yields a little less than a frame. Carrying that remainder would
+    hold every later frame back until the next packet (18 ms); padding the
+    first chunk in front, once, keeps one packet in, one frame out.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._primed = False
+
+    def cut(self, pcm: bytes) -> list[bytes]:
+        if not self._primed and pcm:
+            self._primed = True
+            pcm = bytes(-len(pcm) % FRAME_BYTES) + pcm
+        data = self._pending + pcm if self._pending else pcm
+        whole = len(data) - len(data) % FRAME_BYTES
+        self._pending = data[whole:]
+        return [data[i : i + FRAME_BYTES] for i in range(0, whole, FRAME_BYTES)]
+
+
+class _OpusDecoder:
+    """Opus payloads -> 20 ms frames at 8 kHz (libopus at 48 kHz, then libswresample)."""
+
+    def __init__(self) -> None:
+        codec: Any = CodecContext.create("libopus", "r")
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = WIRE_RATE
+        self._codec = codec
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._framer = _Framer()
+
+    def decode(self, payload: bytes) -> list[bytes]:
+        pcm = b"".join(
+            bytes(small.planes[0])[: small.samples * 2]  # the plane may be padded
+            for frame in self._codec.decode(Packet(payload))
+            for small in self._resampler.resample(frame)
+        )
+        return self._framer.cut(pcm)
+
+
+class _PcmuDecoder:
+    def __init__(self) -> None:
+        self._framer = _Framer()
+
+    def decode(self, payload: bytes) -> list[bytes]:
+        return self._framer.cut(ulaw_decode(payload))
+
+
+_ENCODERS: Final[Mapping[str, Callable[[], _OpusEncoder | _PcmuEncoder]]] = {
+    "opus": _OpusEncoder,
+    "PCMU": _PcmuEncoder,
+}
+_DECODERS: Final[Mapping[str, Callable[[], _OpusDecoder | _PcmuDecoder]]] = {
+    "opus": _OpusDecoder,
+    "PCMU": _PcmuDecoder,
+}
 
 
 class TelephonyTrack(MediaStreamTrack):
-    """An aiortc audio track paced at 20 ms that plays a :class:`FrameSource`."""
+    """An aiortc audio track that plays a :class:`FrameSource` as encoded packets.
+
+    aiortc only packetises what :meth:`recv` returns. A :class:`LiveSource`'s
+    frames leave as soon as they are pushed (silence when none came within a
+    frame of when one was due); any other source is paced at 20 ms.
+    """
 
     kind = "audio"
 
@@ -299,38 +404,135 @@ class TelephonyTrack(MediaStreamTrack):
         self.source = source
         self.silenced = False
         self.frames_sent = 0
-        self._upsampler = _Upsampler()
-        self._start: float | None = None
-        self._time_base = fractions.Fraction(1, WIRE_RATE)
+        #: The negotiated codec we send ("opus" or "PCMU"); set by the leg.
+        self.codec = "opus"
+        self._encoder: _OpusEncoder | _PcmuEncoder | None = None
+        self._due: float | None = None
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> _Encoded:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
+        source = self.source
+        if isinstance(source, LiveSource):
+            if self._due is None:
+                self._due = loop.time() + FRAME_SECONDS + _LIVE_GRACE
+            pulled = await source.wait_frame(self._due)
+            now = loop.time()
+            if pulled is None:
+                self._due = max(self._due + FRAME_SECONDS, now - _MAX_BEHIND)
+            else:
+                # The producer sets the pace; silence only if it misses a frame.
+                self._due = now + FRAME_SECONDS + _LIVE_GRACE
         else:
-            due = self._start + self.frames_sent * FRAME_SECONDS
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        pulled = self.source.next_frame()
+            now = loop.time()
+            if self._due is None:
+                self._due = now
+            await asyncio.sleep(max(0.0, self._due - now))
+            self._due = max(self._due + FRAME_SECONDS, loop.time() - _MAX_BEHIND)
+            pulled = source.next_frame()
+        if self._encoder is None:
+            self._encoder = _ENCODERS[self.codec]()
         pcm = SILENCE if pulled is None or self.silenced else pulled
-        samples = self._upsampler.convert(pcm)
-        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = WIRE_RATE
-        frame.pts = self.frames_sent * WIRE_SAMPLES
-        frame.time_base = self._time_base
         self.frames_sent += 1
-        return frame
+        return self._encoder.encode(pcm)
 
 
-# --- the leg -----------------------------------------------------------------------------
+# --- receiving ---------------------------------------------------------------------------
 
 
 @dataclass
 class LegCounters:
+    #: Packets decoded, frames handed to ``on_frame``.
     frames_received: int = 0
     frames_delivered: int = 0
+    #: Packets that never came (sequence gaps), came after a later one, or did not decode.
+    lost: int = 0
+    late: int = 0
+    undecodable: int = 0
+    #: Frames whose ``on_frame`` raised (logged; the leg carries on).
+    consumer_failures: int = 0
     states: list[str] = field(default_factory=list)
+
+
+class _InlineReceiver:
+    """Takes the place of aiortc's receive jitter buffer: decodes each packet on arrival.
+
+    aiortc calls ``add(packet)`` on the loop for every authenticated RTP packet
+    and would queue what it returns for its decoder thread; we return nothing
+    and hand the decoded frames to ``deliver`` ourselves.
+    """
+
+    def __init__(
+        self,
+        codecs: Mapping[int, str],
+        deliver: Callable[[bytes], None],
+        counters: LegCounters,
+    ) -> None:
+        self._codecs = dict(codecs)
+        self._deliver = deliver
+        self._counters = counters
+        self._decoders: dict[int, _OpusDecoder | _PcmuDecoder] = {}
+        self._ssrc: int | None = None
+        self._last_seq: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        counters = self._counters
+        seq = int(packet.sequence_number)
+        if packet.ssrc != self._ssrc:
+            self._ssrc, self._last_seq = packet.ssrc, None
+        if self._last_seq is not None:
+            ahead = (seq - self._last_seq) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                counters.late += 1  # a duplicate, or older than what was already played
+                return False, None
+            if ahead <= _MAX_SEQ_JUMP:
+                counters.lost += ahead - 1
+        self._last_seq = seq
+        decoder = self._decoder(packet.payload_type)
+        if decoder is None:
+            return False, None
+        try:
+            frames = decoder.decode(packet.payload)
+        except av.FFmpegError:
+            counters.undecodable += 1
+            return False, None
+        counters.frames_received += 1
+        for pcm in frames:
+            counters.frames_delivered += 1
+            try:
+                self._deliver(pcm)
+            except Exception as exc:
+                # We run inside aiortc's receive loop: a failing consumer must not stop
+                # DTLS and RTCP for the whole connection.
+                counters.consumer_failures += 1
+                log.error("webrtc frame consumer failed", extra={"error": type(exc).__name__})
+        return False, None
+
+    def _decoder(self, payload_type: int) -> _OpusDecoder | _PcmuDecoder | None:
+        decoder = self._decoders.get(payload_type)
+        if decoder is None:
+            name = self._codecs.get(payload_type)
+            if name is None:
+                return None
+            decoder = self._decoders[payload_type] = _DECODERS[name]()
+        return decoder
+
+
+def _negotiated(sdp: str) -> list[tuple[int, str]]:
+    """(payload type, our codec name) of the audio codecs in ``sdp``, in its order."""
+    names = {mime.lower(): name for name, mime in CODEC_MIME.items()}
+    media = SessionDescription.parse(sdp).media
+    return [
+        (codec.payloadType, names[codec.mimeType.lower()])
+        for m in media
+        if m.kind == "audio"
+        for codec in m.rtp.codecs
+        if codec.payloadType is not None and codec.mimeType.lower() in names
+    ]
+
+
+# --- the leg -----------------------------------------------------------------------------
 
 
 class WebRtcLeg:
@@ -358,8 +560,6 @@ class WebRtcLeg:
             )
         )
         self._pc.on("connectionstatechange", self._state_changed)
-        self._pc.on("track", self._track_arrived)
-        self._pumps: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -383,6 +583,8 @@ class WebRtcLeg:
         if self._closed:
             raise WebRtcLegError("leg is closed")
         transceiver = self._pc.addTransceiver(self.track, direction="sendrecv")
+        if not hasattr(transceiver.receiver, _JITTER_ATTR):
+            raise WebRtcLegError("aiortc changed: cannot take over its receive path")
         capabilities = RTCRtpSender.getCapabilities("audio").codecs
         wanted = [CODEC_MIME[name].lower() for name in self.config.codecs]
         transceiver.setCodecPreferences(
@@ -395,11 +597,22 @@ class WebRtcLeg:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, InvalidStateError, OperationError) as exc:
             raise WebRtcLegError(f"offer rejected: {exc}") from exc
-        self._tune_receive(transceiver.receiver)
         answer = await self._pc.createAnswer()
         with offered_host_addresses(self.config.host_addresses):
             await self._pc.setLocalDescription(answer)
-        return str(self._pc.localDescription.sdp)
+        local = str(self._pc.localDescription.sdp)
+        codecs = _negotiated(local)
+        if not codecs:
+            raise WebRtcLegError("offer rejected: no common audio codec")
+        # aiortc sends with the first negotiated codec. Nothing can arrive before this
+        # runs: the browser cannot complete ICE until it has our answer.
+        self.track.codec = codecs[0][1]
+        setattr(
+            transceiver.receiver,
+            _JITTER_ATTR,
+            _InlineReceiver(dict(codecs), self._deliver, self.counters),
+        )
+        return local
 
     async def add_remote_candidate(self, candidate: str, sdp_mid: str | None) -> None:
         """A trickled browser candidate (``candidate:...`` line); empty means end."""
@@ -413,13 +626,8 @@ class WebRtcLeg:
         parsed.sdpMid = sdp_mid
         await self._pc.addIceCandidate(parsed)
 
-    def _tune_receive(self, receiver: Any) -> None:
-        prefetch = self.config.receive_prefetch
-        if prefetch is None:
-            return
-        if not hasattr(receiver, _JITTER_ATTR):
-            raise WebRtcLegError("aiortc changed: cannot tune its receive jitter buffer")
-        setattr(receiver, _JITTER_ATTR, JitterBuffer(capacity=16, prefetch=prefetch))
+    def _deliver(self, pcm: bytes) -> None:
+        self._on_frame(SILENCE if self.muted or self.held else pcm)
 
     def _state_changed(self) -> None:
         state = self.connection_state
@@ -428,34 +636,9 @@ class WebRtcLeg:
         if self._on_state is not None:
             self._on_state(state)
 
-    def _track_arrived(self, track: MediaStreamTrack) -> None:
-        if track.kind != "audio":
-            return
-        task = asyncio.get_running_loop().create_task(self._pump(track))
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
-
-    async def _pump(self, track: MediaStreamTrack) -> None:
-        downsampler = _Downsampler()
-        # Ends when the track ends (the peer connection closes): MediaStreamError.
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                if not isinstance(frame, AudioFrame):
-                    continue
-                self.counters.frames_received += 1
-                for pcm in downsampler.push(frame):
-                    self.counters.frames_delivered += 1
-                    self._on_frame(SILENCE if self.muted or self.held else pcm)
-
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.track.stop()
         await self._pc.close()
-        for task in list(self._pumps):
-            task.cancel()
-        for task in list(self._pumps):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
