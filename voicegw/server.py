@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
+from voicegw.api.context import LIVE_CALLS
 from voicegw.asr.registry import default_asr_registry
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
 from voicegw.calls.agent_bridge import (
@@ -33,6 +34,7 @@ from voicegw.calls.prompts import PromptCache
 from voicegw.calls.records import CallRecords
 from voicegw.calls.routing import Router, Service
 from voicegw.calls.sip_calls import SipCalls, SipCallsConfig
+from voicegw.calls.sip_metrics import SipServiceCollector
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.calls.trunks import trunk_table
 from voicegw.config import Settings
@@ -246,6 +248,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     calls, records = call_layer(settings, sip, sessions, agents, consent, queue=queue)
     queue.dial = trunk_dialer(calls, sip.trunks)  # agents' transfers to external numbers
+    app[LIVE_CALLS].attach(calls, bridge=queue)  # the API's secure pause finds live calls
+    sip_metrics = SipServiceCollector(sip)
+    sip_metrics.register()
     sweeper: asyncio.Task[None] | None = None
     try:
         processing.start()
@@ -301,6 +306,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await records.wait_written()  # the last calls' end rows
         await processing.aclose()  # the last calls' processing records
         await sip.stop()
+        sip_metrics.unregister()
         await runner.cleanup()
         await agents.close()
         await media_clock.stop()

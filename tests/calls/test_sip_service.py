@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.calls.sip_metrics import SipServiceCollector
 from voicegw.calls.sip_service import (
     AuthenticatedRequest,
     SipService,
@@ -314,6 +316,33 @@ async def test_a_source_over_its_rate_is_logged_once_as_a_masked_security_event(
         (r.__dict__["source"], r.__dict__["transport"], r.__dict__["dropped"]) for r in throttled
     ] == [("127.0.0.x", "UDP", 1)]
     assert world.service.screen.counters.dropped_by_transport == {"UDP": 5}
+
+
+async def test_the_defences_are_exported_to_prometheus_without_source_addresses(
+    world: World,
+) -> None:
+    registry = CollectorRegistry()
+    SipServiceCollector(world.service).register(registry)
+    world.service.screen.rate = RateLimiter(rate=0.1, burst=4.0)
+    ua = world.ua()
+    for _ in range(2):
+        assert (await ua.register_with("guess")).status == 401  # two requests each
+    for _ in range(3):
+        options = ua.request("OPTIONS", f"sip:{DOMAIN}")
+        assert await world.client.silence(options, world.server, 0.05)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("voicegw_sip_inbound_messages_total") == 7
+    assert value("voicegw_sip_dropped_messages_total", reason="rate_limited") == 3
+    assert value("voicegw_sip_dropped_by_transport_total", transport="UDP") == 3
+    assert value("voicegw_sip_failure_tracked_sources") == 1
+    assert value("voicegw_sip_banned_sources") == 0
+    assert value("voicegw_sip_pending_requests") == 0
+    assert value("voicegw_sip_pending_requests_peak") == 1
+    assert value("voicegw_sip_pending_refused_total") == 0
+    assert "127.0.0.1" not in generate_latest(registry).decode()
 
 
 async def test_a_missing_challenge_answer_is_not_a_failure(world: World) -> None:
