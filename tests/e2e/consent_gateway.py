@@ -2,7 +2,9 @@
 
 The gateway is the real stack in process (SipService + SipCalls + the consent
 wrapper around the echo service, eSpeak prompts, the recorder with
-LocalFilesystemStorage and LocalKeyring on SQLite). Its fixtures live here so
+LocalFilesystemStorage and LocalKeyring on SQLite), with the admin API bound to
+its call layer as ``voicegw serve`` binds it (on loopback, a tenant admin's
+token in hand: :meth:`Gateway.secure`). Its fixtures live here so
 that every consent test module uses the same gateway; a module takes them by
 assigning them to module names (``gateway = consent_gateway.gateway``).
 """
@@ -16,11 +18,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.e2e.peers import (
     DOMAIN,
@@ -32,6 +36,8 @@ from tests.e2e.peers import (
     loopback_sip_service,
     tone_sequence,
 )
+from voicegw.api.app import create_app
+from voicegw.api.context import LIVE_CALLS
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.consent_flow import ConsentOutcome
 from voicegw.calls.consented import (
@@ -54,7 +60,7 @@ from voicegw.recording.container import decrypt
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import open_stored, wrapped_key_of
 from voicegw.recording.storage import LocalFilesystemStorage
-from voicegw.store import migrate, sip_accounts, tenants
+from voicegw.store import migrate, sip_accounts, tenants, tokens
 from voicegw.store import recordings as store
 from voicegw.store.db import create_engine, session_factory
 from voicegw.tenant_settings import (
@@ -136,6 +142,10 @@ class Gateway:
     sessions: Sessions
     storage: LocalFilesystemStorage
     keyring: LocalKeyring
+    #: The admin API of this gateway, and a tenant admin's bearer token and its id.
+    api: TestClient  # type: ignore[type-arg]
+    admin_token: str
+    admin_token_id: str
     states: asyncio.Queue[ConsentStateChanged] = field(default_factory=asyncio.Queue)
     outcomes: asyncio.Queue[tuple[str, ConsentOutcome]] = field(default_factory=asyncio.Queue)
     offered: asyncio.Queue[InboundCall] = field(default_factory=asyncio.Queue)
@@ -156,6 +166,15 @@ class Gateway:
 
     async def outcome(self) -> tuple[str, ConsentOutcome]:
         return await asyncio.wait_for(self.outcomes.get(), EVENT_TIMEOUT)
+
+    async def secure(self, action: str, call_id: str) -> tuple[int, dict[str, Any]]:
+        """``POST …/calls/{call_id}/secure-{action}`` as the tenant's admin: (status, body)."""
+        path = f"/api/v1/tenants/{TENANT}/calls/{call_id}/secure-{action}"
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with self.api.post(path, headers=headers) as resp:
+            assert resp.content_type == "application/json", await resp.text()
+            body: dict[str, Any] = await resp.json()
+            return resp.status, body
 
 
 def settings_for(mode: RecordingMode) -> TenantSettings:
@@ -226,6 +245,9 @@ def gateway(
                 realm=REALM,
                 password="secret",
             )
+            token, admin_token = await tokens.create_token(
+                session, role="tenant_admin", tenant_id=TENANT
+            )
         service = loopback_sip_service(sessions, SECRET)
 
         async def owner(number: str) -> str | None:
@@ -257,14 +279,23 @@ def gateway(
             SipCallsConfig(),
         )
         calls.attach()
-        gw = Gateway(service, calls, consented, sessions, storage, keyring)
+        app = create_app(
+            sessions, tmp_path / "var", recording_storage=storage, recording_keys=keyring
+        )
+        app[LIVE_CALLS].attach(calls)
+        api = TestClient(TestServer(app, host="127.0.0.1"))
+        gw = Gateway(
+            service, calls, consented, sessions, storage, keyring, api, admin_token, token.id
+        )
         consented.listeners.append(gw.states.put_nowait)
         consented.on_outcome = lambda call_id, outcome: gw.outcomes.put_nowait((call_id, outcome))
         calls.on_call = gw.offered.put_nowait
         await service.start()
+        await api.start_server()
         try:
             yield gw
         finally:
+            await api.close()
             await calls.close()
             await service.stop()
 

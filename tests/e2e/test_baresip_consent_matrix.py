@@ -20,10 +20,14 @@ sample by sample against the gate's own account of the call:
 * the consent evidence is stored, audited, and the recording points at the
   decision that allowed it; pause and resume are in the audit chain.
 
-Secure pause/resume goes through :meth:`ConsentFlow.pause`/``resume`` of the
-live call (``ConsentedService.flow(call_id)``): the calls the agent's softphone
-message ``recording.secure_pause`` ends in. The call here has no agent leg (the
-echo service answers it), and there is no admin HTTP route for it.
+Secure pause/resume is asked for over HTTP, as a tenant admin, through the
+gateway's admin API (``POST /api/v1/tenants/{tenant}/calls/{call_id}/secure-pause``
+and ``…/secure-resume``), which acts through the live call's
+:class:`~voicegw.calls.consent_flow.ConsentFlow` like the agent's softphone
+does; the answer's ``at`` (the media-clock instant the change took effect) is
+what the file is checked against. The call here has no agent leg (the echo
+service answers it); under ``off`` there is nothing to pause and the route
+says so (409).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from tests.e2e.consent_gateway import (
     NUMBER_URI,
     TENANT,
     WINDOW,
-    Baresip,
     Gateway,
     GatewayFactory,
     Pcm,
@@ -61,7 +64,7 @@ from tests.e2e.consent_gateway import (
     stored_decisions,
     until,
 )
-from tests.e2e.peers import DOMAIN, EVENT_TIMEOUT, RATE
+from tests.e2e.peers import DOMAIN, EVENT_TIMEOUT, RATE, Baresip
 from voicegw.calls.consent_flow import ConsentOutcome, FlowConfig
 from voicegw.calls.sip_calls import InboundCall
 from voicegw.consent import State
@@ -69,7 +72,7 @@ from voicegw.recording.container import decrypt
 from voicegw.recording.metadata import interval_values, open_stored, wrapped_key_of
 from voicegw.store import recordings as store
 from voicegw.store.models import AuditEvent
-from voicegw.tenant_settings import TenantSettings
+from voicegw.tenant_settings import RecordingMode, TenantSettings
 
 pytestmark = [pytest.mark.e2e, requires_baresip]
 
@@ -180,6 +183,20 @@ async def until_recording_allowed(gw: Gateway, mode: str, phone: Baresip) -> Non
     assert (await gw.state(State.GRANTED, State.DECLINED)).state is State.GRANTED
 
 
+async def secure(gw: Gateway, action: str, call_id: str) -> float:
+    """Pause or resume over the admin API; the media-clock instant it took effect."""
+    status, body = await gw.secure(action, call_id)
+    assert status == 200, body
+    paused = action == "pause"
+    assert body["call_id"] == call_id
+    assert body["recording"] == {
+        "state": "paused" if paused else "recording",
+        "secure_pause": paused,
+    }
+    at: float = body["at"]
+    return at
+
+
 async def act_with_consent(
     gw: Gateway, call: InboundCall, phone: Baresip, mode: str, behaviour: Behaviour
 ) -> Instants:
@@ -209,11 +226,9 @@ async def act_with_consent(
     elif behaviour is Behaviour.PAUSE:
         await until_recording_allowed(gw, mode, phone)
         await talk(call)
-        flow = gw.consented.flow(call.id)
-        assert flow is not None
-        instants.paused = await flow.pause(actor="agent:7")
+        instants.paused = await secure(gw, "pause", call.id)
         await talk(call)
-        instants.resumed = await flow.resume(actor="agent:7")
+        instants.resumed = await secure(gw, "resume", call.id)
     await talk(call, TALK + 15)  # the resume opens GUARD late: keep a second to compare
     await hang_up(phone)
     return instants
@@ -230,7 +245,8 @@ async def act_without_flow(
     await talk(call, 10)
     await press(phone, keys)
     if behaviour is Behaviour.PAUSE:
-        assert gw.consented.flow(call.id) is None, "a call that records nothing has no pause"
+        status, body = await gw.secure("pause", call.id)
+        assert (status, body["error"]["code"]) == (409, "not_recording"), body
     await talk(call)
     await hang_up(phone)
 
@@ -349,16 +365,20 @@ async def check_recording(
     if instants.paused is not None:
         async with gw.sessions() as session:
             actions = (
-                await session.scalars(
-                    select(AuditEvent.action).where(
+                await session.execute(
+                    select(AuditEvent.action, AuditEvent.actor)
+                    .where(
                         AuditEvent.tenant_id == TENANT,
                         AuditEvent.target == f"tenant/{TENANT}/calls/{call_id}",
                     )
+                    .order_by(AuditEvent.seq)
                 )
             ).all()
-        assert [a for a in actions if a.startswith("call.secure")] == [
-            "call.secure_pause",
-            "call.secure_resume",
+        # In the audit chain, in order, with the token that asked for each over HTTP.
+        actor = f"token:{gw.admin_token_id}"
+        assert [(a, who) for a, who in actions if a.startswith("call.secure")] == [
+            ("call.secure_pause", actor),
+            ("call.secure_resume", actor),
         ]
 
 
@@ -375,7 +395,7 @@ async def check_nothing_kept(gw: Gateway, call_id: str) -> None:
 async def test_recording_mode_and_caller_behaviour_give_exactly_the_defined_file(
     gateway: GatewayFactory,
     phone: Baresip,
-    mode: str,
+    mode: RecordingMode,
     behaviour: Behaviour,
 ) -> None:
     expected = OUTCOMES[mode][behaviour]

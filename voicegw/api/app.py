@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.context import (
+    LIVE_CALLS,
     PRINCIPAL,
     PROMPTS,
     QUEUES,
@@ -22,6 +23,7 @@ from voicegw.api.context import (
     RecordingVault,
 )
 from voicegw.api.errors import ApiError, Handler, error_middleware
+from voicegw.api.live_index import LiveCallIndex
 from voicegw.api.openapi import OPENAPI_PATH, build_openapi
 from voicegw.api.routes import ROUTES
 from voicegw.api.softphone import SOFTPHONE_PATHS, setup_softphone
@@ -119,5 +121,8 @@ def create_app(
     app.router.add_static("/admin/", ADMIN_STATIC, append_version=True)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
-    setup_softphone(app, agents if agents is not None else AgentDirectory(WebRtcConfig()))
+    directory = agents if agents is not None else AgentDirectory(WebRtcConfig())
+    setup_softphone(app, directory)
+    # Bound to the SIP call layer later (``app[LIVE_CALLS].attach``): serve builds it after.
+    app[LIVE_CALLS] = LiveCallIndex(directory)
     return app

@@ -9,6 +9,7 @@ from typing import Protocol
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from voicegw.api.live_index import LiveCallIndex
 from voicegw.calls.agent_bridge import WaitingCaller
 from voicegw.recording.keys import KeyUnwrapper
 from voicegw.recording.storage import StorageBackend
@@ -47,3 +48,6 @@ class NoQueues:
 
 # A Protocol is not a concrete class, so the key carries no runtime type.
 QUEUES: web.AppKey[QueueView] = web.AppKey("queues")
+
+#: The node's live calls (bound to the call layer by ``voicegw serve``; empty without one).
+LIVE_CALLS: web.AppKey[LiveCallIndex] = web.AppKey("live_calls", LiveCallIndex)

@@ -52,6 +52,8 @@ def build_openapi() -> dict[str, Any]:
                 "404": {"description": "not found (or another tenant's)", **error_ref},
             },
         }
+        if route.conflict is not None:
+            op["responses"]["409"] = {"description": route.conflict, **error_ref}
         if route.body is not None:
             schema = schema_of(route.body)
             for name, sub in schema.pop("$defs", {}).items():
