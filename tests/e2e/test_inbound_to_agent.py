@@ -5,6 +5,9 @@ tenant's number, the real softphone page and API, and a real
 :class:`AgentDirectory`. baresip (registered as a tenant user) dials the
 number; its microphone is a WAV of tones and chirps and ``sndfile`` records
 what it hears. Chromium's fake microphone is a looping WAV of tone bursts.
+The bridge sits behind the tenant's consent flow (``with_consent``), as on a
+node: with recording off it hands calls straight on; in ``notify`` mode the
+decrypted recording's agent channel must carry the browser's microphone.
 
 Like ``test_softphone.py``, the scenarios run in a child pytest in a network
 namespace with only loopback up (where namespaces are available): the outer
@@ -23,6 +26,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
@@ -76,16 +80,27 @@ if IN_CHILD:
     from voicegw.api.app import create_app
     from voicegw.calls.agent_bridge import AgentBridge, AgentBridgeConfig
     from voicegw.calls.agents import AgentCall, AgentDirectory, CallState
+    from voicegw.calls.consent_flow import ConsentOutcome
+    from voicegw.calls.consented import ConsentedDeps, with_consent
     from voicegw.calls.queues import QueueSettings
     from voicegw.calls.routing import Router, Service
     from voicegw.calls.sip_calls import EndReason, InboundCall, SipCalls, SipCallsConfig
     from voicegw.calls.sip_service import SipService, SipServiceConfig
+    from voicegw.media.clock import MediaClock
     from voicegw.media.ports import PortAllocator
     from voicegw.media.webrtc import WebRtcConfig
+    from voicegw.privacy.registry import Registry
+    from voicegw.recording.container import decrypt
+    from voicegw.recording.keys import LocalKeyring
+    from voicegw.recording.metadata import open_stored, wrapped_key_of
+    from voicegw.recording.storage import LocalFilesystemStorage
     from voicegw.sip.transport import ListenAddresses
     from voicegw.store import migrate, sip_accounts, tenants, tokens
+    from voicegw.store import recordings as recordings_store
     from voicegw.store.db import create_engine, session_factory
     from voicegw.tenant_settings import TenantSettings
+    from voicegw.tts.espeak_local import EspeakTts
+    from voicegw.tts.registry import TtsRegistry
 
     NUMBER = "+442079460123"
     DIAL = f"sip:{NUMBER}@{DOMAIN}"
@@ -100,9 +115,25 @@ if IN_CHILD:
         sip_port: int
         tokens: dict[str, str]
         agent_ids: dict[str, int]
+        sessions: Any
+        storage: LocalFilesystemStorage
+        keyring: LocalKeyring
+        #: Each consent-flow call's outcome as it finishes (recorded calls only).
+        outcomes: asyncio.Queue[ConsentOutcome]
 
         async def inbound(self) -> InboundCall:
             return await asyncio.wait_for(self.offered.get(), TIMEOUT)
+
+        async def agent_channel(self, outcome: ConsentOutcome) -> np.ndarray:
+            """The decrypted recording's right (agent) channel, as floats."""
+            recording = outcome.recording
+            assert recording is not None and recording.complete
+            async with self.sessions() as s:
+                row = await recordings_store.get_recording(s, "acme", recording.recording_id)
+            assert row is not None
+            with open_stored(self.storage, row) as handle:
+                plaintext = decrypt(handle, self.keyring, wrapped_key=wrapped_key_of(row))
+            return np.frombuffer(plaintext, dtype="<i2")[1::2].astype(np.float64) / 32768
 
         def agent_call(self, agent_id: int) -> AgentCall:
             session = self.agents.session(agent_id)
@@ -157,12 +188,25 @@ if IN_CHILD:
                 found = await tenants.tenant_for_number(session, number)
                 return None if found is None else found.tenant_id
 
-        bridge = AgentBridge(agents, AgentBridgeConfig(queue=QueueSettings(ring_timeout=20)))
+        clock = MediaClock()
+        clock.start()
+        bridge = AgentBridge(
+            agents, AgentBridgeConfig(queue=QueueSettings(ring_timeout=20)), clock=clock
+        )
+        tts: TtsRegistry = Registry("tts")
+        tts.register(EspeakTts())
+        storage = LocalFilesystemStorage(tmp_path / "recordings")
+        keyring = LocalKeyring(tmp_path / "keys")
+        consented = with_consent(
+            bridge, ConsentedDeps(sessions, storage, keyring, clock=clock, tts=tts)
+        )
+        outcomes: asyncio.Queue[ConsentOutcome] = asyncio.Queue()
+        consented.on_outcome = lambda _call_id, outcome: outcomes.put_nowait(outcome)
         calls = SipCalls(
             service,
             Router(owner),
             PortAllocator("127.0.0.1", 42000, 42999),
-            {Service.AGENT_QUEUE: bridge},
+            {Service.AGENT_QUEUE: consented},
             SipCallsConfig(),
         )
         calls.attach()
@@ -180,10 +224,15 @@ if IN_CHILD:
                 bound[1],
                 secrets,
                 agent_ids,
+                sessions,
+                storage,
+                keyring,
+                outcomes,
             )
         finally:
             await calls.close()
             await bridge.close()
+            await clock.stop()
             await service.stop()
             await agents.close()
             await runner.cleanup()
@@ -347,5 +396,40 @@ if IN_CHILD:
             for k in range(3)
         ]
         # Bob's microphone (ann's call had ended) reached the caller after the hand-over.
+        correlations = [softphone.best_normalised_correlation(x, mic_8k) for x in stretches]
+        assert max(correlations) > 0.8, correlations
+
+    async def test_in_notify_mode_the_recordings_agent_channel_is_the_browsers_microphone(
+        node: Node, phone: phones.Baresip, browser: Browser
+    ) -> None:
+        async with node.sessions() as s, s.begin():
+            tenant = await tenants.get_tenant(s, "acme")
+            assert tenant is not None
+            patch = {
+                "recording_mode": "notify",
+                "consent_prompt": {"text": "This call is recorded."},
+            }
+            await tenants.update_settings(s, actor="test", tenant=tenant, patch=patch)
+        page = await sign_in(browser, node, "ann")
+        # The notice plays first (baresip is answered by the consent flow), then ann rings.
+        inbound = await dial_and_answer(node, phone, page)
+        sent = inbound.transport.leg.summary
+        answered = sent().packets_sent
+        # Four seconds of ann's microphone sent on towards the caller (and recorded).
+        await softphone.eventually(lambda: sent().packets_sent >= answered + 200)
+        await phone.command("hangup")
+        assert await phone.event("CALL_CLOSED") == "CALL_CLOSED"
+        outcome = await asyncio.wait_for(node.outcomes.get(), TIMEOUT)
+        assert outcome.resolution.mode.value == "notify"
+
+        agent = await node.agent_channel(outcome)
+        rate = phones.RATE
+        mic = softphone.tone_bursts(softphone.MIC_TONES, 0.2, softphone.MIC_RATE, 0.5)
+        mic_8k = soxr.resample(mic, softphone.MIC_RATE, rate)
+        # As for what baresip hears: one glitch on a busy machine may spoil one stretch.
+        stretches = [
+            agent[-int((0.2 + 0.8 * k) * rate) - int(0.8 * rate) :][: int(0.8 * rate)]
+            for k in range(3)
+        ]
         correlations = [softphone.best_normalised_correlation(x, mic_8k) for x in stretches]
         assert max(correlations) > 0.8, correlations

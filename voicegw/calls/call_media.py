@@ -11,6 +11,22 @@ UDP socket on loopback.
 Key presses arrive by RFC 4733 telephone events on the caller's leg or, for
 carriers that send them in signalling, by SIP INFO (:meth:`RtpCallMedia.push_digit`):
 both become the same :class:`KeyPress`, stamped with the media clock.
+
+The agent party's audio comes from an RTP leg (:meth:`RtpCallMedia.attach_agent`)
+or, for an agent whose audio is not RTP we hold (a browser's WebRTC leg, decoded
+to 8 kHz PCM), from frames pushed as they arrive (:meth:`RtpCallMedia.push_agent`)
+into a :class:`~voicegw.media.taps.FrameFeed`. Either way the agent's frames
+reach :meth:`RtpCallMedia.frames` under the one agent party, on the same tick
+indexes as the caller's, so the consent gate, the recorder's agent channel and
+transcription treat both kinds alike (and the tenant's ``agent_recording``
+setting, which the gate applies to the agent party, holds for both).
+
+What the agent channel carries is what the caller is sent from the agent
+side, nothing else: whoever pushes decides that (the agent bridge pushes an
+agent's audio only while that agent is connected to the caller, so a
+transfer's hold and consult leave the channel silent and the new agent is
+heard from the moment they are connected). A tick without a pushed frame is
+silence at that tick; the feed never shifts later audio to fill a gap.
 """
 
 from __future__ import annotations
@@ -23,7 +39,7 @@ from typing import Protocol
 from voicegw.media.clock import MediaClock
 from voicegw.media.playback import Playback, PlaybackSource
 from voicegw.media.session import DtmfReceived, MediaEvent, RemoteBye
-from voicegw.media.taps import CallTap, Tap, TapConsumer
+from voicegw.media.taps import CallTap, FrameFeed, Tap, TapConsumer
 from voicegw.media.transport import LegTransport
 
 __all__ = ["CallMedia", "KeyPress", "KeyPresses", "RtpCallMedia"]
@@ -106,7 +122,8 @@ class CallMedia(Protocol):
 
 
 class RtpCallMedia:
-    """:class:`CallMedia` over RTP legs. The agent leg may join later (:meth:`attach_agent`).
+    """:class:`CallMedia` over RTP legs. The agent may join later: by its RTP leg
+    (:meth:`attach_agent`) or by pushed frames (:meth:`push_agent`), not both.
 
     Event handlers already set on the caller's transport keep receiving every
     event: this class only listens alongside. RTCP BYE from the caller counts as
@@ -123,6 +140,8 @@ class RtpCallMedia:
     ) -> None:
         self.caller = caller
         self.agent: LegTransport | None = None
+        #: The agent's pushed frames (made by the first :meth:`push_agent`).
+        self.agent_feed: FrameFeed | None = None
         self.caller_party = caller_party
         self.agent_party = agent_party
         self._clock = clock
@@ -151,10 +170,27 @@ class RtpCallMedia:
 
     def attach_agent(self, agent: LegTransport) -> None:
         """The agent's leg joined: its audio is tapped from the next tick on."""
-        if self.agent is not None:
+        if self.agent is not None or self.agent_feed is not None:
             raise RuntimeError("an agent leg is already attached")
         self.agent = agent
-        tap = CallTap({self.agent_party: agent.leg}, self._tap)
+        self._add_tap(CallTap({self.agent_party: agent.leg}, self._tap))
+
+    def push_agent(self, pcm: bytes) -> None:
+        """One 20 ms frame (16-bit, 8 kHz) of the agent's audio from a non-RTP source.
+
+        Called as frames arrive; each tick takes the oldest waiting frame (see
+        :class:`~voicegw.media.taps.FrameFeed`). Ignored once the call is over, and
+        when the agent's audio already comes from an RTP leg.
+        """
+        feed = self.agent_feed
+        if feed is None:
+            if self.agent is not None or self._ended.is_set():
+                return
+            feed = self.agent_feed = FrameFeed()
+            self._add_tap(CallTap({self.agent_party: feed}, self._tap))
+        feed.push(pcm)
+
+    def _add_tap(self, tap: CallTap) -> None:
         tap.attach(self._clock)
         self._taps.append(tap)
 
@@ -189,5 +225,3 @@ class RtpCallMedia:
             self.hang_up()
         if self._previous_handler is not None:
             self._previous_handler(event)
-
-

@@ -11,6 +11,13 @@ counted on it. The relay does not pass through here at all (it happens in the
 transport as packets arrive), and a stalled consumer costs other consumers
 nothing.
 
+A party need not have an RTP leg: a :class:`FrameFeed` takes 20 ms PCM frames
+pushed from elsewhere (a WebRTC agent's decoded audio) and the tap plays out
+one of them per tick, beside the legs. A tick with nothing pushed is silence
+(``filled``) at that tick's index: a gap stays a gap and never moves the
+audio after it. The feed holds at most ``max_frames`` (a burst after a stall
+loses its oldest frames), so what it adds in delay stays bounded.
+
 Decoding is batched: all call taps on one clock share a single subscriber
 (:class:`TapHub`), which at each tick takes every tapped leg's encoded frame and
 decodes the G.711 frames of up to 64 calls in one numpy call per law (a numpy
@@ -35,7 +42,7 @@ from . import g711
 from .clock import MediaClock, Subscription
 from .session import MediaLeg
 
-__all__ = ["CallTap", "Tap", "TapClosed", "TapConsumer", "TapFrame", "TapHub"]
+__all__ = ["CallTap", "FrameFeed", "Tap", "TapClosed", "TapConsumer", "TapFrame", "TapHub"]
 
 #: Calls whose frames one turn of the event loop plays out (about 0.3 ms of work).
 _SLICE: Final = 64
@@ -172,31 +179,72 @@ class Tap:
         self._consumers.clear()
 
 
+class FrameFeed:
+    """A party's 20 ms PCM frames pushed in from outside RTP, one played out per tick.
+
+    ``push`` is called as frames arrive (on the loop); the tap takes the oldest
+    at each tick. Frames of the wrong size are refused and counted, never
+    padded or split: the feed only carries whole frames of its own format.
+    ``max_frames`` (3: 60 ms) rides out arrival jitter of a WebRTC leg, which
+    hands frames over as packets arrive, with no jitter buffer of its own.
+    """
+
+    def __init__(
+        self, sample_rate: int = 8000, frame_samples: int = 160, max_frames: int = 3
+    ) -> None:
+        if max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
+        self.sample_rate = sample_rate
+        self.frame_bytes = 2 * frame_samples
+        self.max_frames = max_frames
+        self.pushed = 0
+        #: Frames lost because more than ``max_frames`` were waiting (a burst).
+        self.dropped = 0
+        #: Frames refused for their size.
+        self.refused = 0
+        self._frames: deque[bytes] = deque()
+
+    def push(self, pcm: bytes) -> None:
+        if len(pcm) != self.frame_bytes:
+            self.refused += 1
+            return
+        frames = self._frames
+        if len(frames) >= self.max_frames:
+            frames.popleft()
+            self.dropped += 1
+        frames.append(pcm)
+        self.pushed += 1
+
+    def take(self) -> bytes | None:
+        """The frame for this tick, or None when nothing was pushed in time."""
+        return self._frames.popleft() if self._frames else None
+
+    @property
+    def pending(self) -> int:
+        return len(self._frames)
+
+
 class CallTap:
     """Feeds a :class:`Tap` with every party's received audio on each clock tick.
 
-    Attaching turns on PCM buffering in the legs (a leg only decodes while a
-    tap needs it) and joins the clock's :class:`TapHub`; detaching turns it off
-    again and closes the consumers.
+    A party is an RTP leg or a :class:`FrameFeed`. Attaching turns on PCM
+    buffering in the legs (a leg only decodes while a tap needs it) and joins
+    the clock's :class:`TapHub`; detaching turns it off again and closes the
+    consumers.
     """
 
-    def __init__(self, parties: Mapping[str, MediaLeg], tap: Tap | None = None) -> None:
+    def __init__(self, parties: Mapping[str, MediaLeg | FrameFeed], tap: Tap | None = None) -> None:
         self.parties = dict(parties)
         self.tap = tap or Tap()
-        # (party, leg, silence, sample rate of the silence): read per tick.
-        self._rows = [
-            (
-                party,
-                leg,
-                bytes(2 * leg.config.send_codec.samples_per_frame),
-                leg.config.send_codec.sample_rate,
-            )
-            for party, leg in self.parties.items()
-        ]
+        # (party, leg or feed, silence, sample rate of the silence): read per tick.
+        self._rows = [_row(party, source) for party, source in self.parties.items()]
         self._hub: TapHub | None = None
 
+    def _legs(self) -> list[MediaLeg]:
+        return [leg for leg in self.parties.values() if isinstance(leg, MediaLeg)]
+
     def attach(self, clock: MediaClock) -> None:
-        for leg in self.parties.values():
+        for leg in self._legs():
             leg.enable_pcm()
         if self._hub is None:
             self._hub = TapHub.of(clock)
@@ -206,7 +254,7 @@ class CallTap:
         if self._hub is not None:
             self._hub.remove(self)
             self._hub = None
-        for leg in self.parties.values():
+        for leg in self._legs():
             leg.disable_pcm()
         self.tap.close()
 
@@ -269,6 +317,11 @@ class TapHub:
         batches: dict[str, list[tuple[int, bytes]]] = {}  # codec name -> (row, payload)
         for call_tap in taps:
             for party, leg, silence, silence_rate in call_tap._rows:
+                if isinstance(leg, FrameFeed):
+                    pushed = leg.take()
+                    rows.append((party, silence_rate, pushed is None))
+                    pcms.append(silence if pushed is None else pushed)
+                    continue
                 played = leg.playout_encoded(now)
                 if played is None:
                     rows.append((party, silence_rate, True))
@@ -294,6 +347,13 @@ class TapHub:
                 party, rate, filled = rows[row]
                 publish(TapFrame(party, index, now, pcms[row], rate, filled))
                 row += 1
+
+
+def _row(party: str, source: MediaLeg | FrameFeed) -> tuple[str, MediaLeg | FrameFeed, bytes, int]:
+    if isinstance(source, FrameFeed):
+        return party, source, bytes(source.frame_bytes), source.sample_rate
+    codec = source.config.send_codec
+    return party, source, bytes(2 * codec.samples_per_frame), codec.sample_rate
 
 
 _HUBS: weakref.WeakKeyDictionary[MediaClock, TapHub] = weakref.WeakKeyDictionary()
