@@ -29,6 +29,7 @@ def agent_view(a: Agent) -> dict[str, Any]:
         "display_name": a.display_name,
         "skills": a.skills,
         "enabled": a.enabled,
+        "sip_user": a.sip_user,
     }
 
 

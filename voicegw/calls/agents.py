@@ -1,4 +1,4 @@
-"""Agents at softphones: presence, one signed-in session each, and the calls they take.
+"""Agents at softphones or SIP phones: presence, one session each, and the calls they take.
 
 Presence and call state change only through the two rule tables below
 (:data:`PRESENCE_RULES`, :data:`CALL_RULES`); what an agent may ask for and
@@ -16,6 +16,15 @@ The caller side is a Python API (:meth:`AgentDirectory.offer_call`): it brings
 a :class:`~voicegw.media.webrtc.FrameSource` (what the agent hears) and a sink
 for the agent's 20 ms 8 kHz PCM frames. The SIP bridge will use it; tests use
 it to play generated audio and capture what the browser sends back.
+
+An agent may instead be reached at a SIP phone (:meth:`AgentDirectory.link_phone`:
+one of the tenant's SIP logins). Such an agent is reachable while the login has
+a live registration (:meth:`AgentDirectory.phone_registered`), whether or not a
+softphone page is open; presence, skills, wrap-up and the queue's longest-idle
+order are the same as a softphone agent's. Offering the call rings the phone
+through the :class:`PhoneLine` (:mod:`voicegw.calls.sip_agents`), which reports
+the answer (:meth:`AgentDirectory.phone_answered`) or ends the call; the page,
+if one is signed in, shows the call but cannot answer, hold or send media for it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ __all__ = [
     "CallStateChanged",
     "CallView",
     "Outbox",
+    "PhoneLine",
     "Presence",
     "PresenceChanged",
     "PresenceEvent",
@@ -133,6 +143,9 @@ CALL_RULES: Final[Mapping[tuple[CallState, CallAction], CallState]] = MappingPro
 
 #: States in which the call has (or may negotiate) media with the agent.
 MEDIA_STATES: Final = frozenset({C.ACTIVE, C.HELD})
+#: What a signed-in page may do to a call ringing or connected on the agent's SIP phone:
+#: end it (the phone is then sent CANCEL or BYE). Answer and hold belong to the phone.
+_PHONE_PAGE_ACTIONS: Final = frozenset({CA.DECLINE, CA.HANGUP})
 
 
 TransferModes: Final = {m.value: m for m in TransferMode}
@@ -251,6 +264,18 @@ class TransferControl(Protocol):
     async def cancel_transfer(self, call: AgentCall) -> None: ...
 
 
+class PhoneLine(Protocol):
+    """Rings agents' SIP phones (:class:`voicegw.calls.sip_agents.SipAgentPhones`)."""
+
+    def ring(self, call: AgentCall, sip_user: str) -> None:
+        """Start ringing ``sip_user``'s phone for ``call``; must not block."""
+        ...
+
+    def linked(self, agent_id: int) -> None:
+        """The agent's phone link changed: look at its registration soon; must not block."""
+        ...
+
+
 class Outbox(Protocol):
     """The socket side of a session: must not block (queue and return)."""
 
@@ -288,6 +313,8 @@ class AgentCall:
     transfer: TransferView | None = None
     #: The caller side's owner, who carries transfers out (None: no transfers).
     control: TransferControl | None = None
+    #: The SIP login whose phone has this call (None: the softphone page).
+    phone: str | None = None
     #: Wall-clock times (``time.time()``) for the supervisor view's durations.
     offered_at: float = field(default_factory=time.time)
     answered_at: float | None = None
@@ -340,6 +367,15 @@ class AgentSession:
     skills: frozenset[str] = frozenset()
     #: When ``presence`` last changed (``time.time()``), for the supervisor view.
     presence_since: float = field(default_factory=time.time)
+    #: The tenant SIP login whose phone rings for this agent (None: the softphone).
+    phone: str | None = None
+    #: Whether ``phone`` has a live registration now.
+    registered: bool = False
+
+    @property
+    def reachable(self) -> bool:
+        """Whether a call offered now could ring: a registered phone, else an open page."""
+        return self.registered if self.phone is not None else self.outbox is not None
 
     def tell(self, event: AgentEvent) -> None:
         if self.outbox is not None:
@@ -358,6 +394,8 @@ class AgentDirectory:
         self._calls: dict[str, AgentCall] = {}
         #: Carries a page's secure pause to the consent layer (None: acknowledged only).
         self.on_secure_pause: Callable[[AgentCall, bool], Awaitable[None]] | None = None
+        #: Rings agents' SIP phones (None: phone agents are never reachable).
+        self.phones: PhoneLine | None = None
 
     # --- sessions ----------------------------------------------------------------------
 
@@ -378,7 +416,7 @@ class AgentDirectory:
             s.agent_id
             for s in self._sessions.values()
             if s.tenant_id == tenant_id
-            and s.outbox is not None
+            and s.reachable
             and s.presence is Presence.AVAILABLE
             and s.call is None
             and skills <= s.skills
@@ -409,6 +447,38 @@ class AgentDirectory:
         session = self._sessions.get(agent_id)
         if session is not None and session.tenant_id == tenant_id:
             session.skills = frozenset(skills)
+
+    def link_phone(
+        self, tenant_id: str, agent_id: int, sip_user: str | None, skills: Iterable[str] = ()
+    ) -> None:
+        """The agent's calls ring ``sip_user``'s phone from now on (None: the softphone again).
+
+        The session is made if need be (available, as a fresh sign-in is); it is
+        reachable once :meth:`phone_registered` says the login is registered.
+        """
+        session = self._sessions.get(agent_id)
+        if session is not None and session.tenant_id != tenant_id:
+            return
+        if session is None:
+            if sip_user is None:
+                return
+            session = AgentSession(tenant_id=tenant_id, agent_id=agent_id)
+            self._sessions[agent_id] = session
+        session.skills = frozenset(skills)
+        if session.phone != sip_user:
+            session.phone, session.registered = sip_user, False
+            if sip_user is not None and self.phones is not None:
+                self.phones.linked(agent_id)
+
+    def phones_of(self) -> list[AgentSession]:
+        """Sessions of agents reached at a SIP phone (every tenant; read-only use)."""
+        return [s for s in self._sessions.values() if s.phone is not None]
+
+    def phone_registered(self, agent_id: int, registered: bool) -> None:
+        """Whether the agent's SIP login has a live registration (the registrar's view)."""
+        session = self._sessions.get(agent_id)
+        if session is not None and session.phone is not None:
+            session.registered = registered
 
     def detach(self, session: AgentSession, outbox: Outbox) -> None:
         """The socket went away; the session and its call stay for a reconnect."""
@@ -468,7 +538,8 @@ class AgentDirectory:
         if (
             session is None
             or session.tenant_id != tenant_id
-            or session.outbox is None
+            or not session.reachable
+            or (session.phone is not None and self.phones is None)
             or session.presence is not Presence.AVAILABLE
             or session.call is not None
         ):
@@ -482,6 +553,7 @@ class AgentDirectory:
             sink=sink,
             control=control,
             from_agent=from_agent,
+            phone=session.phone,
         )
         self._calls[call.call_id] = call
         session.call = call
@@ -489,7 +561,19 @@ class AgentDirectory:
             "offering call %s from %s to agent %s", call.call_id, mask_number(caller), agent_id
         )
         session.tell(CallOffered(call.view()))
+        if session.phone is not None and self.phones is not None:
+            self.phones.ring(call, session.phone)
         return call
+
+    def phone_answered(self, call: AgentCall) -> None:
+        """The agent's SIP phone answered ``call`` (a 2xx): the same step as a page's answer."""
+        session = self._sessions.get(call.agent_id)
+        if session is None or session.call is not call or call.state is not CallState.RINGING:
+            return
+        self._move(session, PresenceEvent.CALL_ANSWERED)
+        call.answered_at = time.time()
+        call.state = self._next_state(call, CallAction.ANSWER)
+        self._changed(call)
 
     async def end_call(self, call_id: str, reason: str) -> None:
         """The caller hung up (or the bridge failed): end the call wherever it is."""
@@ -567,6 +651,8 @@ class AgentDirectory:
     async def act(self, session: AgentSession, call_id: str, action: CallAction) -> None:
         """Answer, decline, hold, unhold or hang up one of the agent's calls."""
         call = self._call_of(session, call_id)
+        if call.phone is not None and action not in _PHONE_PAGE_ACTIONS:
+            raise SoftphoneError("invalid_state", "this call is on the agent's SIP phone")
         target = self._next_state(call, action)
         transfer = call.transfer
         if (
@@ -661,6 +747,8 @@ class AgentDirectory:
     async def negotiate(self, session: AgentSession, call_id: str, sdp: str) -> str:
         """The page's WebRTC offer for a connected call; replaces any earlier leg."""
         call = self._call_of(session, call_id)
+        if call.phone is not None:
+            raise SoftphoneError("invalid_state", "this call's audio is on the agent's SIP phone")
         if call.state not in MEDIA_STATES:
             raise SoftphoneError("invalid_state", "answer the call before sending media")
         old, call.leg = call.leg, None

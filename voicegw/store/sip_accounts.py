@@ -223,6 +223,19 @@ async def live_bindings(
     return sorted(bindings, key=lambda b: -(b.q if b.q is not None else 1.0))
 
 
+async def registered_aors(session: AsyncSession, aors: Iterable[str], now: float) -> set[str]:
+    """Which of ``aors`` (every tenant's) have an unexpired binding at wall-clock ``now``."""
+    wanted = sorted(set(aors))
+    if not wanted:
+        return set()
+    rows = await session.execute(
+        select(SipRegistration.aor)
+        .where(SipRegistration.aor.in_(wanted), SipRegistration.expires_at > _to_datetime(now))
+        .distinct()
+    )
+    return set(rows.scalars())
+
+
 async def apply_binding_changes(
     session: AsyncSession,
     tenant_id: str,
@@ -295,6 +308,7 @@ __all__: Sequence[str] = (
     "live_bindings",
     "load_bindings",
     "purge_expired",
+    "registered_aors",
     "set_credential_enabled",
 )
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from voicegw.logs import mask_number
 from voicegw.store import audit
 from voicegw.store.models import Agent, Tenant, TenantNumber
+from voicegw.store.sip_accounts import SipCredential
 from voicegw.tenant_settings import TenantSettings, merge_settings
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -269,3 +270,60 @@ async def list_agents(session: AsyncSession, tenant_id: str) -> list[Agent]:
 async def get_agent(session: AsyncSession, tenant_id: str, agent_id: int) -> Agent | None:
     query = select(Agent).where(Agent.tenant_id == tenant_id, Agent.id == agent_id)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def set_agent_sip_user(
+    session: AsyncSession, *, actor: str, agent: Agent, sip_user: str | None
+) -> Agent:
+    """Link ``agent`` to one of its tenant's SIP logins (None: back to the softphone); audited.
+
+    ValueError when the login is not the tenant's or is disabled, ConflictError when
+    another agent of the tenant answers for it already.
+    """
+    if sip_user is not None:
+        login = (
+            await session.execute(
+                select(SipCredential).where(
+                    SipCredential.tenant_id == agent.tenant_id,
+                    SipCredential.username == sip_user,
+                )
+            )
+        ).scalar_one_or_none()
+        if login is None or not login.enabled:
+            raise ValueError(f"the tenant has no enabled SIP user {sip_user}")
+        holder = (
+            await session.execute(
+                select(Agent.id).where(
+                    Agent.tenant_id == agent.tenant_id,
+                    Agent.sip_user == sip_user,
+                    Agent.id != agent.id,
+                )
+            )
+        ).scalar_one_or_none()
+        if holder is not None:
+            raise ConflictError(f"SIP user {sip_user} is the endpoint of agent {holder}")
+    before = agent.sip_user
+    agent.sip_user = sip_user
+    try:
+        await session.flush()
+    except IntegrityError:  # a concurrent link of the same login won the race
+        raise ConflictError(f"SIP user {sip_user} is another agent's endpoint") from None
+    await audit.append(
+        session,
+        actor=actor,
+        tenant_id=agent.tenant_id,
+        action="tenant.agent.endpoint",
+        target=f"tenant/{agent.tenant_id}/agents/{agent.id}",
+        details={"before": before, "after": sip_user},
+    )
+    return agent
+
+
+async def agents_with_sip_user(session: AsyncSession) -> list[Agent]:
+    """Every enabled agent (all tenants) whose calls ring a SIP phone: loaded at start-up."""
+    query = (
+        select(Agent)
+        .where(Agent.sip_user.is_not(None), Agent.enabled.is_(True))
+        .order_by(Agent.tenant_id, Agent.id)
+    )
+    return list((await session.execute(query)).scalars())
