@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.api.app import create_app
+from voicegw.api.campaigns import CAMPAIGN_DIALER
 from voicegw.api.context import LIVE_CALLS
 from voicegw.asr.registry import default_asr_registry
 from voicegw.bootstrap import bootstrap_if_empty, write_secret
@@ -28,11 +29,13 @@ from voicegw.calls.agent_bridge import (
 from voicegw.calls.agent_live import AgentLiveView
 from voicegw.calls.agents import AgentDirectory
 from voicegw.calls.bridge import BridgeService, store_contacts, store_tenant_users
+from voicegw.calls.campaign_calls import CampaignDialer
 from voicegw.calls.consented import ConsentedDeps, with_consent
 from voicegw.calls.echo import EchoService
 from voicegw.calls.prompts import PromptCache
 from voicegw.calls.records import CallRecords
 from voicegw.calls.routing import Router, Service
+from voicegw.calls.sip_agents import SipAgentConfig, SipAgentPhones
 from voicegw.calls.sip_calls import SipCalls, SipCallsConfig
 from voicegw.calls.sip_metrics import SipServiceCollector
 from voicegw.calls.sip_service import SipService, SipServiceConfig
@@ -136,9 +139,7 @@ def call_layer(
     bridge = BridgeService(store_contacts(sessions), records=records)
     calls = SipCalls(
         sip,
-        Router(
-            number_owner, echo_user=media.echo_user, tenant_user=store_tenant_users(sessions)
-        ),
+        Router(number_owner, echo_user=media.echo_user, tenant_user=store_tenant_users(sessions)),
         PortAllocator(settings.sip.host, media.rtp_port_min, media.rtp_port_max),
         {
             Service.ECHO: EchoService(),
@@ -248,13 +249,26 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     calls, records = call_layer(settings, sip, sessions, agents, consent, queue=queue)
     queue.dial = trunk_dialer(calls, sip.trunks)  # agents' transfers to external numbers
+    # Agents linked to a SIP login are rung at its registered phone.
+    phones = SipAgentPhones(
+        agents,
+        sessions,
+        SipAgentConfig(domain=settings.sip.domain),
+        clock=media_clock,
+        bridge=queue,
+    )
+    phones.bind(calls)
     app[LIVE_CALLS].attach(calls, bridge=queue)  # the API's secure pause finds live calls
+    # Campaign calls: out through the campaign's trunk, then the same consent + queue path.
+    campaign_dialer = CampaignDialer(calls, sip.trunks)
+    app[CAMPAIGN_DIALER] = campaign_dialer
     sip_metrics = SipServiceCollector(sip)
     sip_metrics.register()
     sweeper: asyncio.Task[None] | None = None
     try:
         processing.start()
         bound = await sip.start()
+        await phones.start()
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
@@ -302,6 +316,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
         log.info("server.stopping")
+        await campaign_dialer.close()
+        await phones.close()
         await calls.close()
         await records.wait_written()  # the last calls' end rows
         await processing.aclose()  # the last calls' processing records

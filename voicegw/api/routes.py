@@ -8,7 +8,10 @@ from pydantic import BaseModel
 
 from voicegw.api import (
     admin,
+    agent_endpoint,
     agent_skills,
+    campaigns,
+    live_calls,
     processing,
     prompts,
     recordings,
@@ -30,6 +33,8 @@ class Route:
     roles: tuple[str, ...]
     body: type[BaseModel] | None = None
     success: int = 200
+    #: When the state of the target may refuse the request: what a 409 then means.
+    conflict: str | None = None
 
 
 ALL = ("operator", "tenant_admin", "supervisor", "agent")
@@ -109,6 +114,23 @@ ROUTES: tuple[Route, ...] = (
         "Replace an agent's skills (queues ring only agents with all of theirs); audited",
         ADMIN,
         agent_skills.AgentSkills,
+    ),
+    Route(
+        "PUT",
+        f"{API}/tenants/{{tenant_id}}/agents/{{agent_id}}/endpoint",
+        agent_endpoint.set_endpoint,
+        "Ring the agent at one of the tenant's SIP logins (its registered phone), or at the "
+        "softphone (null); audited",
+        ADMIN,
+        agent_endpoint.AgentEndpoint,
+    ),
+    Route(
+        "PUT",
+        f"{API}/tenants/{{tenant_id}}/agents/{{agent_id}}/presence",
+        agent_endpoint.set_presence,
+        "Set a signed-in or phone agent available or away; audited",
+        READ,
+        agent_endpoint.AgentPresence,
     ),
     Route(
         "GET",
@@ -236,6 +258,84 @@ ROUTES: tuple[Route, ...] = (
         "Live view: agents with presence and current call, the queue, calls in progress "
         "(caller numbers masked)",
         READ,
+    ),
+    # -- live calls (live_calls.py): consent state and secure pause --
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/calls",
+        live_calls.list_live_calls,
+        "Calls in progress on this node with their consent and recording state",
+        READ,
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/calls/{{call_id}}",
+        live_calls.get_live_call,
+        "A live call's consent and recording state (call_id: the gateway's call id or an "
+        "agent call id; an agent token: only its own connected call)",
+        ALL,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/calls/{{call_id}}/secure-pause",
+        live_calls.secure_pause,
+        "Secure pause: recording, speech-to-text and transcripts of every party stop from the "
+        "next frame; audited. Answers the call's state and the media instant it took effect",
+        ("operator", "tenant_admin", "agent"),
+        conflict="nothing is recorded, consent is not granted, or already paused",
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/calls/{{call_id}}/secure-resume",
+        live_calls.secure_resume,
+        "End a secure pause (recording reopens after the jitter guard); audited",
+        ("operator", "tenant_admin", "agent"),
+        conflict="the recording is not paused (or nothing is recorded)",
+    ),
+    # -- outbound campaigns (campaigns.py) --
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/campaigns",
+        campaigns.list_campaigns,
+        "List the tenant's outbound campaigns",
+        READ,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/campaigns",
+        campaigns.create_campaign,
+        "Create an outbound campaign (its trunk, an optional recording-mode override); audited",
+        ADMIN,
+        campaigns.CampaignCreate,
+        201,
+        conflict="the tenant has a campaign with this id",
+    ),
+    Route(
+        "PATCH",
+        f"{API}/tenants/{{tenant_id}}/campaigns/{{campaign_id}}",
+        campaigns.update_campaign,
+        "Change a campaign (recording_mode null: the tenant default applies again); audited",
+        ADMIN,
+        campaigns.CampaignPatch,
+    ),
+    Route(
+        "POST",
+        f"{API}/tenants/{{tenant_id}}/campaigns/{{campaign_id}}/calls",
+        campaigns.place_call,
+        "Call a number (E.164) for the campaign through its trunk; once answered the callee "
+        "goes through the consent flow (the campaign's recording mode) to the agent queue. "
+        "Answers the call's status",
+        ADMIN,
+        campaigns.CampaignCallCreate,
+        202,
+        conflict="the campaign is disabled, or its trunk places no calls on this node",
+    ),
+    Route(
+        "GET",
+        f"{API}/tenants/{{tenant_id}}/campaigns/{{campaign_id}}/calls/{{call_id}}",
+        campaigns.get_call,
+        "A campaign call's status: dialling, answered, ended, or failed with the SIP status",
+        ADMIN,
     ),
     Route(
         "POST",

@@ -29,6 +29,14 @@ up). Whatever runs on the caller's leg (the consent flow, its recorder, its
 transcription) therefore carries on as the same call and the same recording,
 its agent channel now fed by the new agent. A queue target puts the caller
 back into the queue loop of :meth:`AgentBridge.__call__`.
+
+The recording's agent channel (:meth:`RtpCallMedia.push_agent
+<voicegw.calls.call_media.RtpCallMedia.push_agent>`) carries what an agent
+connected to the caller says, as the caller is sent it: nothing while an agent
+rings, nothing while the caller is held (hold music is not a party) or the
+agents consult, the new agent from the moment they are connected to the caller.
+An external number is heard by the caller but not recorded: that party was
+never told.
 """
 
 from __future__ import annotations
@@ -277,6 +285,14 @@ class _Bridged:
 
     def from_agent(self, pcm: bytes) -> None:
         # Until the agent answered, nothing of theirs reaches the caller (hold music plays).
+        if self.connected and not self.call.ended.is_set():
+            self.call.transport.send_pcm(pcm)
+            # The recording's agent channel: exactly what the caller is sent by an agent.
+            self.media.push_agent(pcm)
+
+    def from_external(self, pcm: bytes) -> None:
+        # An external party was never told of the recording: the caller hears them,
+        # the agent channel stays silent.
         if self.connected and not self.call.ended.is_set():
             self.call.transport.send_pcm(pcm)
 
@@ -730,7 +746,7 @@ class AgentBridge:
         elif isinstance(action, ConnectCaller) and bridged.external is not None:
             self._cancel_ring_timer(bridged)
             bridged.stop_music()
-            bridged.external.deliver = bridged.from_agent
+            bridged.external.deliver = bridged.from_external
             bridged.forward = bridged.external.send
             if bridged.agent_call is first:
                 bridged.agent_call = None

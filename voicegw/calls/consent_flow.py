@@ -93,6 +93,7 @@ from voicegw.recording.metadata import persist_consent_decision
 from voicegw.recording.recorder import Recorder, RecorderConfig, RecordingResult
 from voicegw.recording.storage import StorageBackend
 from voicegw.store import audit, tenants
+from voicegw.store import campaigns as store_campaigns
 from voicegw.store.prompt_files import PromptError, PromptLibrary
 from voicegw.tenant_settings import TenantSettings
 
@@ -188,35 +189,46 @@ class ConsentOutcome:
 # --- policy from settings -------------------------------------------------------------
 
 
-def _policy_version(settings: TenantSettings, overrides: dict[str, RecordingMode]) -> str:
+def _policy_version(
+    settings: TenantSettings,
+    overrides: dict[str, RecordingMode],
+    campaigns: dict[str, RecordingMode] | None = None,
+) -> str:
     """Short content hash of everything the mode depends on: evidence names the exact rules."""
-    basis = {
+    basis: dict[str, object] = {
         "mode": settings.recording_mode,
         "jurisdictions": sorted(settings.all_party_consent_jurisdictions),
         "numbers": sorted((k, v.value) for k, v in overrides.items()),
     }
+    if campaigns:  # absent when there are none: earlier evidence keeps its version
+        basis["campaigns"] = sorted((k, v.value) for k, v in campaigns.items())
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def consent_policy(
-    settings: TenantSettings, number_modes: dict[str, str | None] | None = None
+    settings: TenantSettings,
+    number_modes: dict[str, str | None] | None = None,
+    campaign_modes: dict[str, str] | None = None,
 ) -> ConsentPolicy:
-    """A tenant's policy: default mode, all-party jurisdictions, per-number overrides."""
+    """A tenant's policy: default mode, all-party jurisdictions, number and campaign overrides."""
     overrides = {n: RecordingMode(m) for n, m in (number_modes or {}).items() if m is not None}
+    campaigns = {c: RecordingMode(m) for c, m in (campaign_modes or {}).items()}
     return ConsentPolicy(
         default_mode=RecordingMode(settings.recording_mode),
         all_party_jurisdictions=frozenset(settings.all_party_consent_jurisdictions),
         number_overrides=overrides,
-        version=_policy_version(settings, overrides),
+        campaign_overrides=campaigns,
+        version=_policy_version(settings, overrides, campaigns),
     )
 
 
 async def load_consent_policy(
     session: AsyncSession, tenant_id: str, settings: TenantSettings
 ) -> ConsentPolicy:
-    """The policy with the per-number overrides stored for the tenant's numbers."""
+    """The policy with the overrides stored for the tenant's numbers and campaigns."""
     numbers = await tenants.list_numbers(session, tenant_id)
-    return consent_policy(settings, {n.e164: n.recording_mode for n in numbers})
+    modes = await store_campaigns.campaign_modes(session, tenant_id)
+    return consent_policy(settings, {n.e164: n.recording_mode for n in numbers}, modes)
 
 
 def capture_config(settings: TenantSettings) -> CaptureConfig:

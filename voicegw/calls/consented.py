@@ -176,8 +176,9 @@ class ConsentedService:
             region=settings.region,
             caller=caller_number(call.offer),
             dialled=route.number,
+            campaign=call.offer.campaign,
         )
-        resolution = resolve_mode(policy, CallContext(info.caller, info.dialled, None))
+        resolution = resolve_mode(policy, CallContext(info.caller, info.dialled, info.campaign))
         if resolution.mode is RecordingMode.OFF:
             await self.inner(call)
             return

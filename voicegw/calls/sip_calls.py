@@ -132,6 +132,9 @@ class CallOffer:
     route: Route
     #: The INVITE's offer; None when it had none (delayed offer: the answer comes in the ACK).
     remote_sdp: SessionDescription | None
+    #: The outbound campaign that placed the call, for a campaign's callee taken through the
+    #: inbound services (its recording-mode override applies); None for a real inbound call.
+    campaign: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,8 @@ class SipCallsConfig:
 
 
 CallHandler = Callable[["InboundCall"], Awaitable[None]]
+#: Decides where a REFER from a leg's peer may send the call (the router's signature).
+ReferRoute = Callable[[URI, CallerIdentity], Awaitable[Route | Refusal]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,9 @@ class CallLeg:
         #: Takes this leg's accepted REFERs (:class:`~voicegw.calls.transfer.TransferRequested`);
         #: None: a REFER gets 403.
         self.on_transfer: TransferHandler | None = None
+        #: Decides a REFER's target instead of the call layer's router (an agent's phone
+        #: transfers to agents, queues and numbers by the agents' rules); None: the router.
+        self.refer_route: ReferRoute | None = None
         self.events: deque[CallEvent] = deque(maxlen=_HISTORY)
         self._calls = calls
         self._source = source
@@ -452,7 +460,8 @@ class CallLeg:
         handler: TransferHandler,
     ) -> None:
         # The same table as a call: a transfer reaches nothing the referrer could not dial.
-        route = await self._calls.router.route_uri(refer.target, identity)
+        route_uri = self.refer_route or self._calls.router.route_uri
+        route = await route_uri(refer.target, identity)
         respond = self._calls.service.respond
         if self.ended.is_set():
             respond(tid, make_response(request, 481))
@@ -1366,6 +1375,7 @@ __all__ = [
     "HoldChanged",
     "InboundCall",
     "OutboundCall",
+    "ReferRoute",
     "SipCalls",
     "SipCallsConfig",
     "info_digit",

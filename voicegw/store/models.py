@@ -63,13 +63,38 @@ class TenantNumber(Base):
 
 class Agent(Base):
     __tablename__ = "agents"
-    __table_args__ = (UniqueConstraint("tenant_id", "username", name="uq_agents_tenant_username"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "username", name="uq_agents_tenant_username"),
+        # One phone login answers for one agent: a call to it must find one agent.
+        UniqueConstraint("tenant_id", "sip_user", name="uq_agents_tenant_sip_user"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     username: Mapped[str] = mapped_column(String(64))
     display_name: Mapped[str] = mapped_column(String(200))
     skills: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The tenant SIP login whose registered phone rings for this agent (None: softphone).
+    sip_user: Mapped[str | None] = mapped_column(String(64))
+
+
+class Campaign(Base):
+    """An outbound campaign of a tenant: the trunk it dials through and its recording mode."""
+
+    __tablename__ = "campaigns"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: The tenant's own name for it (a slug): what consent evidence and the API refer to.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: Recording mode override for the campaign's calls (None = tenant default).
+    recording_mode: Mapped[str | None] = mapped_column(String(16))
+    #: Name of the configured trunk (``[[trunks]]``) its calls go out through.
+    trunk: Mapped[str] = mapped_column(String(64))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -138,5 +163,7 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
 from voicegw.store import recordings as _recordings  # noqa: E402, F401 - registers its tables
 from voicegw.store import sip_accounts as _sip_accounts  # noqa: E402, F401 - registers its tables

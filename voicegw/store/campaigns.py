@@ -1,0 +1,156 @@
+"""A tenant's outbound campaigns: create, list, change; every change audited.
+
+A campaign names the configured trunk its calls go out through and may
+override the tenant's recording mode for its calls (the consent policy's
+``campaign_overrides``). Every query is scoped by tenant: a campaign id means
+nothing outside its tenant.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from voicegw.consent.modes import RecordingMode
+from voicegw.store import audit
+from voicegw.store.models import Campaign
+from voicegw.store.tenants import ConflictError
+
+__all__ = [
+    "CAMPAIGN_ID",
+    "CampaignChange",
+    "campaign_modes",
+    "create_campaign",
+    "get_campaign",
+    "list_campaigns",
+    "update_campaign",
+]
+
+CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MODES = frozenset(mode.value for mode in RecordingMode)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignChange:
+    """What an update sets; a field left ``None`` stays as it is (``clear_mode`` drops the
+    override, so the tenant default applies again)."""
+
+    name: str | None = None
+    recording_mode: str | None = None
+    clear_mode: bool = False
+    trunk: str | None = None
+    enabled: bool | None = None
+
+
+def _check_mode(mode: str | None) -> None:
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"recording_mode must be one of {', '.join(sorted(_MODES))}")
+
+
+def _target(row: Campaign) -> str:
+    return f"tenant/{row.tenant_id}/campaigns/{row.id}"
+
+
+async def create_campaign(
+    session: AsyncSession,
+    *,
+    actor: str,
+    tenant_id: str,
+    campaign_id: str,
+    name: str,
+    trunk: str,
+    recording_mode: str | None = None,
+    enabled: bool = True,
+) -> Campaign:
+    """ValueError for a bad id or mode, ConflictError when the tenant has the id already."""
+    if not CAMPAIGN_ID.match(campaign_id):
+        raise ValueError("id: 1-63 lower-case letters, digits and '-', starting alphanumeric")
+    _check_mode(recording_mode)
+    if await get_campaign(session, tenant_id, campaign_id) is not None:
+        raise ConflictError("campaign already exists")
+    row = Campaign(
+        tenant_id=tenant_id,
+        id=campaign_id,
+        name=name,
+        recording_mode=recording_mode,
+        trunk=trunk,
+        enabled=enabled,
+        created_at=datetime.now(UTC),
+    )
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError:  # a concurrent create of the same id won the race
+        raise ConflictError("campaign already exists") from None
+    await audit.append(
+        session,
+        actor=actor,
+        tenant_id=tenant_id,
+        action="tenant.campaign.create",
+        target=_target(row),
+        details={
+            "name": name,
+            "trunk": trunk,
+            "recording_mode": recording_mode,
+            "enabled": enabled,
+        },
+    )
+    return row
+
+
+async def get_campaign(session: AsyncSession, tenant_id: str, campaign_id: str) -> Campaign | None:
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id, Campaign.id == campaign_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def list_campaigns(session: AsyncSession, tenant_id: str) -> list[Campaign]:
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id).order_by(Campaign.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def update_campaign(
+    session: AsyncSession, *, actor: str, campaign: Campaign, change: CampaignChange
+) -> Campaign:
+    """Apply ``change``; the audit event lists each field's before and after."""
+    _check_mode(change.recording_mode)
+    wanted: dict[str, Any] = {
+        "name": change.name,
+        "recording_mode": None if change.clear_mode else change.recording_mode,
+        "trunk": change.trunk,
+        "enabled": change.enabled,
+    }
+    diff: dict[str, Any] = {}
+    for field, value in wanted.items():
+        clearing = field == "recording_mode" and change.clear_mode
+        if value is None and not clearing:
+            continue
+        before = getattr(campaign, field)
+        if before != value:
+            setattr(campaign, field, value)
+            diff[field] = {"from": before, "to": value}
+    if not diff:
+        return campaign
+    await session.flush()
+    await audit.append(
+        session,
+        actor=actor,
+        tenant_id=campaign.tenant_id,
+        action="tenant.campaign.update",
+        target=_target(campaign),
+        details=diff,
+    )
+    return campaign
+
+
+async def campaign_modes(session: AsyncSession, tenant_id: str) -> dict[str, str]:
+    """Campaign id -> recording mode, for the tenant's campaigns that override it."""
+    query = select(Campaign.id, Campaign.recording_mode).where(
+        Campaign.tenant_id == tenant_id, Campaign.recording_mode.is_not(None)
+    )
+    return {cid: mode for cid, mode in (await session.execute(query)).all() if mode is not None}
