@@ -26,6 +26,7 @@ the file covers the call from its start; if consent never comes,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import json
@@ -127,6 +128,38 @@ def interleave(left: bytes, right: bytes) -> bytes:
     out[0::2] = a
     out[1::2] = b
     return out.tobytes()
+
+
+def _in_own_thread(work: Callable[[], None], *, name: str) -> asyncio.Future[None]:
+    """Run ``work`` on a thread of its own; the future settles on the loop when it returns.
+
+    Not the loop's default executor: a writer lives as long as its call, and that pool
+    has only ``min(32, cpus + 4)`` workers, so a handful of recorded calls would hold
+    all of them and every later ``to_thread`` (the next recorder's key wrap included)
+    would wait until one of those calls ended.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(failure: BaseException | None) -> None:
+        if done.done():
+            return
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
+
+    def run() -> None:
+        failure: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:  # handed to whoever awaits the future
+            failure = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
+            loop.call_soon_threadsafe(settle, failure)
+
+    threading.Thread(target=run, name=name).start()
+    return done
 
 
 class _HashingSink:
@@ -350,7 +383,9 @@ class Recorder:
         self._preroll.clear()
         self._fed_samples = sum(len(f) for f in preroll) // (CHANNELS * SAMPLE_BYTES)
         self._phase = _Phase.RUNNING
-        self._task = asyncio.get_running_loop().run_in_executor(None, self._drain, preroll)
+        self._task = _in_own_thread(
+            lambda: self._drain(preroll), name=f"recorder-{self.recording_id}"
+        )
         return key
 
     def _drain(self, preroll: list[bytes]) -> None:
