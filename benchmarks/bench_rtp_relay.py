@@ -15,27 +15,59 @@ jitter buffers) drained every 200 ms by one consumer task per call, as the
 echo service's meter does; "tap frames" is the share of the expected
 received-audio frames the consumers got.
 
+With ``--record`` every round runs the same calls three ways, one after the
+other on the same machine state: relay only, taps, and taps feeding the real
+recording path (``relay_recording.py``: for each call ``RtpCallMedia`` and a
+``ConsentFlow`` as ``serve`` assembles them, opt-in consent granted by the
+caller's key press before the window opens, the recorder writing the encrypted
+container to a ``LocalFilesystemStorage`` with a ``LocalKeyring``, SQLite, all
+in a temporary directory deleted at the end). Ratios are taken within each
+round, then the median over rounds. At the end a sample of the recordings is
+decrypted through the export reader and checked (length, both channels); the
+script exits non-zero if any check fails.
+
 Also printed: the sans-IO cost of the hot path alone (``leg.receive`` plus
 ``peer.relay`` per packet, no sockets), for comparison.
 
     .venv/bin/python benchmarks/bench_rtp_relay.py [--calls 100] [--duration 10]
-        [--runs 3] [--uvloop] [--both-ways] [--taps]
+        [--runs 3] [--uvloop] [--both-ways] [--taps] [--record [--verify 5]]
 
-Traffic goes to 127.0.0.1 only; the whole benchmark stops after about
-``--duration`` seconds.
+Traffic goes to 127.0.0.1 only. The sending windows together last about
+``--duration`` seconds (with ``--record`` split over 3 × ``--runs`` windows);
+``--record`` adds each run's consent set-up and sealing, each bounded by a
+timeout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import json
+import math
+import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import timeit
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
+
+from relay_recording import (
+    RecordedCall,
+    RecordingFigures,
+    RecordingNode,
+    abandon,
+    grant_consent,
+    hang_up,
+    open_call,
+    summarise,
+    verify_sample,
+)
 
 from voicegw.media.clock import MediaClock
 from voicegw.media.codecs import PCMU
@@ -46,7 +78,41 @@ from voicegw.media.taps import CallTap, TapConsumer
 from voicegw.media.transport import LegTransport, wallclock_offset
 
 HOST = "127.0.0.1"
-PAYLOAD = PCMU.encode(bytes(320))
+
+
+def tone(hz: float) -> bytes:
+    """One 20 ms frame of a tone as PCMU: audio a recording can be checked for."""
+    t = [n / 8000 for n in range(160)]
+    pcm = array("h", (round(6000 * math.sin(2 * math.pi * hz * x)) for x in t))
+    return PCMU.encode(pcm.tobytes())
+
+
+# The two parties say different things, so each channel of a recording can be checked.
+PAYLOAD = tone(400.0)  # the caller
+CALLEE_PAYLOAD = tone(600.0)
+
+
+#: Seconds between two recorded calls' arrivals during set-up (100 calls a second).
+ARRIVAL_GAP = 0.01
+#: Recorded calls whose consent is settled together before the next ones arrive. More at
+#: once and SQLite's write lock, held across event-loop turns by each decision's
+#: transaction, outlasts some waiters' 5 s busy timeout ("database is locked").
+SETUP_BATCH = 10
+
+
+def clock_skipped(clock: MediaClock) -> int:
+    return clock.schedule.skipped if clock.schedule is not None else 0
+
+
+def loop_thread_cpu() -> float:
+    """CPU seconds of this (the event loop's) thread; the others are worker threads."""
+    return time.thread_time()
+
+
+class Variant(enum.Enum):
+    RELAY = "relay only"
+    TAPS = "taps"
+    RECORD = "taps+recording"
 
 
 class Sink(asyncio.DatagramProtocol):
@@ -83,16 +149,20 @@ async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
     sys.stdout.flush()
     line = await loop.run_in_executor(None, sys.stdin.readline)
     legs = json.loads(line)
-    talkers = [(callers, legs["a"])] + ([(callees, legs["b"])] if both_ways else [])
+    for peer in callers + callees:
+        peer.received = 0  # a recorded call's notice played before: not relayed audio
+    talkers = [(callers, legs["a"], PAYLOAD)]
+    if both_ways:
+        talkers.append((callees, legs["b"], CALLEE_PAYLOAD))
     ssrcs = [random.getrandbits(32) for _ in range(2 * calls)]
     sent = 0
 
     def tick(index: int, _: float) -> None:
         nonlocal sent
-        for side, (peers, targets) in enumerate(talkers):
+        for side, (peers, targets, payload) in enumerate(talkers):
             for i, peer in enumerate(peers):
                 ssrc = ssrcs[side * calls + i]
-                packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrc, PAYLOAD)
+                packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrc, payload)
                 assert peer.transport is not None
                 peer.transport.sendto(bytes(packet), (HOST, targets[i]))
             sent += calls
@@ -119,7 +189,48 @@ async def meter(consumer: TapConsumer, stop: asyncio.Event) -> int:
     return heard
 
 
-async def relay_run(calls: int, seconds: float, both_ways: bool, taps: bool) -> dict[str, float]:
+@dataclass
+class RunResult:
+    """One window of one variant: the figures, and what the recordings came to."""
+
+    figures: dict[str, float]
+    recording: RecordingFigures | None = None
+
+
+@dataclass
+class RecordOptions:
+    scratch: Path  # this run's node directory (inside the benchmark's temporary directory)
+    verify: int  # recordings to read back
+    setup_timeout: float
+
+
+async def relay_run(
+    calls: int,
+    seconds: float,
+    both_ways: bool,
+    variant: Variant,
+    record: RecordOptions | None = None,
+) -> RunResult:
+    """One window of ``variant`` with fresh calls (and, recording, a fresh node)."""
+    node: RecordingNode | None = None
+    if variant is Variant.RECORD:
+        assert record is not None
+        node = await RecordingNode.open(record.scratch)
+    try:
+        return await _run_calls(calls, seconds, both_ways, variant, record, node)
+    finally:
+        if node is not None:
+            await node.close()
+
+
+async def _run_calls(
+    calls: int,
+    seconds: float,
+    both_ways: bool,
+    variant: Variant,
+    record: RecordOptions | None,
+    node: RecordingNode | None,
+) -> RunResult:
     loop = asyncio.get_running_loop()
     allocator = PortAllocator(HOST, 20000, 40000)
     command = [sys.executable, __file__, "--role", "peers"]
@@ -135,56 +246,98 @@ async def relay_run(calls: int, seconds: float, both_ways: bool, taps: bool) -> 
     stop = asyncio.Event()
     meters: list[asyncio.Task[int]] = []
     call_taps: list[CallTap] = []
+    recorded: list[RecordedCall] = []
+    sealed = False
     try:
         hello = json.loads(await child.stdout.readline())
         offset = wallclock_offset(loop)
-        for caller, callee in zip(hello["callers"], hello["callees"], strict=True):
+        if node is not None:
+            clock.start()  # the node's clock runs before any call: the notice plays on it
+        for n, (caller, callee) in enumerate(zip(hello["callers"], hello["callees"], strict=True)):
             pair = []
             for remote in ((HOST, caller), (HOST, callee)):
                 config = LegConfig(
                     static_codecs(PCMU), 0, remote_rtp=remote, wallclock_offset=offset
                 )
-                leg = MediaLeg(config, loop.time())
-                pair.append(await LegTransport.open(leg, allocator.allocate()))
+                media_leg = MediaLeg(config, loop.time())
+                pair.append(await LegTransport.open(media_leg, allocator.allocate()))
             pair[0].peer, pair[1].peer = pair[1], pair[0]
             legs += pair
-            if taps:
+            if variant is Variant.TAPS:
                 call_tap = CallTap({"caller": pair[0].leg, "callee": pair[1].leg})
                 consumer = call_tap.tap.add_consumer(maxsize=100)
                 call_tap.attach(clock)
                 call_taps.append(call_tap)
                 meters.append(asyncio.create_task(meter(consumer, stop)))
-        if taps:
+            elif node is not None and record is not None:
+                recorded.append(open_call(node, clock, pair[0], pair[1], f"bench-call-{n}"))
+                await asyncio.sleep(ARRIVAL_GAP)
+                if len(recorded) % SETUP_BATCH == 0 or n == calls - 1:
+                    batch = recorded[-(len(recorded) % SETUP_BATCH or SETUP_BATCH) :]
+                    await grant_consent(batch, record.setup_timeout)
+        if variant is Variant.TAPS:
             clock.start()
         ports = {"a": [leg.local_rtp[1] for leg in legs[::2]]}
         ports["b"] = [leg.local_rtp[1] for leg in legs[1::2]]
         child.stdin.write(json.dumps(ports).encode() + b"\n")
         await child.stdin.drain()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        # A recorded call's notice went out on the caller's leg before: not relayed.
+        before = sum(leg.leg.summary().packets_sent for leg in legs)
+        cpu0, wall0, loop0 = time.process_time(), time.perf_counter(), loop_thread_cpu()
+        skipped0 = clock_skipped(clock)
         result = json.loads(await child.stdout.readline())
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        relayed = sum(leg.leg.summary().packets_sent for leg in legs)
+        loop_cpu = loop_thread_cpu() - loop0
+        clock_skips = clock_skipped(clock) - skipped0
+        relayed = sum(leg.leg.summary().packets_sent for leg in legs) - before
+        if record is not None and recorded:
+            await hang_up(recorded, clock, record.setup_timeout)
+            sealed = True
     finally:
         stop.set()
         heard = sum(await asyncio.gather(*meters))
+        if recorded and not sealed:
+            await abandon(recorded)
         for call_tap in call_taps:
             call_tap.detach()
         await clock.stop()
         for leg in legs:
             leg.close()
-        await asyncio.wait_for(child.wait(), 10)
+        if child.returncode is None:
+            child.stdin.close()  # a peers process still waiting for ports reads EOF and exits
+            try:
+                await asyncio.wait_for(child.wait(), 10)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+    figures_of_recording: RecordingFigures | None = None
+    if node is not None and record is not None:
+        figures_of_recording = summarise(node, recorded)
+        heard = figures_of_recording.heard
+        party_pcm = {"caller": PCMU.decode(PAYLOAD)}
+        if both_ways:
+            party_pcm["agent"] = PCMU.decode(CALLEE_PAYLOAD)
+        await verify_sample(node, recorded, figures_of_recording, record.verify, party_pcm)
     talkers = 2 if both_ways else 1
-    return {
-        # Over the sending time: the drain after it adds CPU but no packets.
-        "packets_per_s": relayed / seconds,
-        "loss": 1.0 - result["received"] / max(1, result["sent"]),
-        "cpu_us_per_packet": 1e6 * cpu / max(1, relayed),
-        "cpu_ms_per_call_s": 1e3 * cpu / (calls * wall),
-        "cpu_share": cpu / wall,
-        "generator_skipped_ticks": float(result["skipped"]),
-        # Only the talking side's leg receives audio for its tap to decode.
-        "tap_frames": heard / (talkers * calls * seconds / 0.02) if taps else float("nan"),
-    }
+    tapped = variant is not Variant.RELAY
+    return RunResult(
+        {
+            # Over the sending time: the drain after it adds CPU but no packets.
+            "packets_per_s": relayed / seconds,
+            "loss": 1.0 - result["received"] / max(1, result["sent"]),
+            "cpu_us_per_packet": 1e6 * cpu / max(1, relayed),
+            "cpu_ms_per_call_s": 1e3 * cpu / (calls * wall),
+            "cpu_share": cpu / wall,
+            # The rest ran on other threads: the recorders' writers (and nothing else here).
+            "loop_share": loop_cpu / wall,
+            "generator_skipped_ticks": float(result["skipped"]),
+            # The gateway's own clock: a skipped tick is 20 ms no tap (or recording) saw.
+            "clock_skipped_ticks": float(clock_skips) if tapped else math.nan,
+            # Only the talking side's leg receives audio for its tap to decode.
+            "tap_frames": heard / (talkers * calls * seconds / 0.02) if tapped else math.nan,
+        },
+        figures_of_recording,
+    )
 
 
 def sans_io_us_per_packet(runs: int) -> float:
@@ -206,6 +359,109 @@ def sans_io_us_per_packet(runs: int) -> float:
     return statistics.median(t / 10000 * 1e6 for t in timer.repeat(repeat=runs, number=10000))
 
 
+def print_single(args: argparse.Namespace, per_run: float, results: list[RunResult]) -> None:
+    """The figures of one variant (no ``--record``): medians over runs."""
+
+    def median(key: str) -> float:
+        return statistics.median(r.figures[key] for r in results)
+
+    print(f"median of {args.runs} runs of {per_run:.1f} s")
+    print(f"{'relayed packets/s':36} {median('packets_per_s'):12.0f}")
+    print(f"{'loss (caller -> callee)':36} {100 * median('loss'):11.3f}%")
+    print(f"{'relay CPU µs per packet':36} {median('cpu_us_per_packet'):12.1f}")
+    print(f"{'relay CPU ms per call-second':36} {median('cpu_ms_per_call_s'):12.2f}")
+    if args.taps:
+        print(f"{'tap frames delivered':36} {100 * median('tap_frames'):11.1f}%")
+    print(f"{'relay CPU share of one core':36} {100 * median('cpu_share'):11.1f}%")
+    print(f"{'generator ticks skipped (overload)':36} {median('generator_skipped_ticks'):12.0f}")
+
+
+@dataclass
+class Rounds:
+    """Every round's result per variant, in run order."""
+
+    by_variant: dict[Variant, list[RunResult]] = field(default_factory=dict)
+
+    def add(self, variant: Variant, result: RunResult) -> None:
+        self.by_variant.setdefault(variant, []).append(result)
+
+    def median(self, variant: Variant, key: str) -> float:
+        return statistics.median(r.figures[key] for r in self.by_variant[variant])
+
+    def ratio(self, over: Variant, under: Variant, key: str = "cpu_ms_per_call_s") -> float:
+        """Median over rounds of the within-round ratio: both windows saw the same load."""
+        pairs = zip(self.by_variant[over], self.by_variant[under], strict=True)
+        return statistics.median(a.figures[key] / b.figures[key] for a, b in pairs)
+
+    def delta(self, over: Variant, under: Variant, key: str = "cpu_ms_per_call_s") -> float:
+        pairs = zip(self.by_variant[over], self.by_variant[under], strict=True)
+        return statistics.median(a.figures[key] - b.figures[key] for a, b in pairs)
+
+
+def print_rounds(args: argparse.Namespace, per_run: float, rounds: Rounds) -> bool:
+    """The three variants side by side, ratios, and the recordings; False if a check failed."""
+    variants = list(Variant)
+    print(f"median of {args.runs} rounds; each round: {', '.join(v.value for v in variants)}")
+    print(f"windows of {per_run:.1f} s, one fresh set of calls per window")
+    print(f"{'':36} " + " ".join(f"{v.value:>14}" for v in variants))
+    rows = [
+        ("relayed packets/s", "packets_per_s", 1.0, "{:14.0f}"),
+        ("loss (sent by peers, not received)", "loss", 100.0, "{:13.3f}%"),
+        ("gateway CPU µs per relayed packet", "cpu_us_per_packet", 1.0, "{:14.1f}"),
+        ("gateway CPU ms per call-second", "cpu_ms_per_call_s", 1.0, "{:14.2f}"),
+        ("gateway CPU share of one core", "cpu_share", 100.0, "{:13.1f}%"),
+        ("  of which the event-loop thread", "loop_share", 100.0, "{:13.1f}%"),
+        ("tap frames delivered", "tap_frames", 100.0, "{:13.1f}%"),
+        ("generator ticks skipped (overload)", "generator_skipped_ticks", 1.0, "{:14.0f}"),
+        ("gateway clock ticks skipped", "clock_skipped_ticks", 1.0, "{:14.0f}"),
+    ]
+    for label, key, scale, fmt in rows:
+        cells = []
+        for variant in variants:
+            value = rounds.median(variant, key)
+            cells.append(f"{'-':>14}" if math.isnan(value) else fmt.format(scale * value))
+        print(f"{label:36} " + " ".join(cells))
+    relay, taps, rec = Variant.RELAY, Variant.TAPS, Variant.RECORD
+    print("CPU per call-second, within-round ratios (median):")
+    print(f"  {'taps / relay only':34} {rounds.ratio(taps, relay):8.2f}")
+    print(f"  {'taps+recording / relay only':34} {rounds.ratio(rec, relay):8.2f}")
+    print(f"  {'taps+recording / taps':34} {rounds.ratio(rec, taps):8.2f}")
+    # One stereo frame per call per 20 ms: ms per call-second × 20 = µs per frame.
+    flow_us = 20 * rounds.delta(rec, taps)
+    print(f"{'consent flow + recorder µs per call per 20 ms frame':52} {flow_us:8.1f}")
+    print("  (taps+recording − taps, within-round; includes the flow's per-tick pump)")
+
+    recordings = [r.recording for r in rounds.by_variant[rec] if r.recording is not None]
+    calls = sum(f.calls for f in recordings)
+    stored = sum(f.recordings for f in recordings)
+    written = sum(f.frames_written for f in recordings)
+    given = sum(f.frames_given for f in recordings)
+    dropped = sum(f.dropped_frames for f in recordings)
+    minutes = sum(f.recorded_seconds for f in recordings) / 60
+    on_disk = sum(f.bytes_on_disk for f in recordings)
+    verified = sum(f.verified for f in recordings)
+    problems = [p for f in recordings for p in f.problems]
+    print(f"recordings (all rounds): {stored} complete of {calls} calls")
+    print(f"{'recorder frames written':36} {written:14d} ({given} handed over, {dropped} dropped)")
+    per_minute = on_disk / minutes if minutes else math.nan
+    print(f"{'bytes on disk per call-minute':36} {per_minute:14.0f}  (plain PCM: 1920000)")
+    print(f"{'recordings read back and checked':36} {verified:14d} of {verified + len(problems)}")
+    shortfalls = [s for f in recordings for s in f.shortfalls]
+    if shortfalls:
+        print(
+            f"{'call time not in the file (checked)':36} {statistics.median(shortfalls):13.2f}s"
+            f"  (max {max(shortfalls):.2f} s: ticks the node's clock skipped)"
+        )
+    for problem in problems:
+        print(f"  FAILED {problem}")
+    return not problems and stored == calls and given == written
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=100, help="calls (pairs of legs)")
@@ -217,44 +473,59 @@ def main() -> None:
     )
     parser.add_argument("--taps", action="store_true", help="tap and decode both parties")
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="rounds of relay only / taps / taps feeding the consent flow and recorder",
+    )
+    parser.add_argument(
+        "--verify", type=int, default=5, help="recordings per round read back (--record)"
+    )
+    parser.add_argument(
         "--role", choices=["relay", "peers"], default="relay", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.role == "peers":
         asyncio.run(run_peers(args.calls, args.duration, args.both_ways))
         return
+    if not 1 <= args.calls <= 1000 or not 1 <= args.runs <= 20:
+        parser.error("--calls must be 1..1000 and --runs 1..20")
 
+    variants = list(Variant) if args.record else [Variant.TAPS if args.taps else Variant.RELAY]
     # Leave room in the bound for each run's start-up and drain and the sans-IO figure.
-    per_run = max(1.0, (args.duration - 1.0) / args.runs - 1.0)
+    per_run = max(1.0, (args.duration - 1.0) / (args.runs * len(variants)) - 1.0)
     runner = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    results = [
-        runner(relay_run(args.calls, per_run, args.both_ways, args.taps)) for _ in range(args.runs)
-    ]
-
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in results)
-
     loop_name = "uvloop" if args.uvloop else "asyncio"
     directions = "both ways" if args.both_ways else "caller to callee"
-    tapped = ", taps decoding both parties" if args.taps else ""
+    tapped = ", taps decoding both parties" if args.taps and not args.record else ""
     print(
         f"RTP relay, {args.calls} calls ({2 * args.calls} legs), PCMU 20 ms {directions}"
         f"{tapped}, {loop_name}"
     )
-    print(f"median of {args.runs} runs of {per_run:.1f} s")
-    print(f"{'relayed packets/s':36} {median('packets_per_s'):12.0f}")
-    print(f"{'loss (caller -> callee)':36} {100 * median('loss'):11.3f}%")
-    print(f"{'relay CPU µs per packet':36} {median('cpu_us_per_packet'):12.1f}")
-    print(f"{'relay CPU ms per call-second':36} {median('cpu_ms_per_call_s'):12.2f}")
-    if args.taps:
-        print(f"{'tap frames delivered':36} {100 * median('tap_frames'):11.1f}%")
-    print(f"{'relay CPU share of one core':36} {100 * median('cpu_share'):11.1f}%")
-    print(f"{'generator ticks skipped (overload)':36} {median('generator_skipped_ticks'):12.0f}")
+    print(f"load average at start: {load_average()}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="voicegw-bench-relay-") as scratch:
+        rounds = Rounds()
+        for run in range(args.runs):
+            for variant in variants:
+                record = None
+                if variant is Variant.RECORD:
+                    record = RecordOptions(
+                        Path(scratch) / f"node-{run}", args.verify, 30.0 + 0.2 * args.calls
+                    )
+                result = runner(relay_run(args.calls, per_run, args.both_ways, variant, record))
+                rounds.add(variant, result)
+        if args.record:
+            ok = print_rounds(args, per_run, rounds)
+        else:
+            print_single(args, per_run, rounds.by_variant[variants[0]])
     print(f"{'sans-IO receive+relay µs per packet':36} {sans_io_us_per_packet(5):12.2f}")
+    print(f"load average at end: {load_average()}")
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
