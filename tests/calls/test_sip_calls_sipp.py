@@ -168,7 +168,7 @@ CSeq: %d INVITE
   <recv response="401" auth="true"/>
   <send><![CDATA[
 ACK sip:echo@{REALM} SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[last_branch];rport
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
 From: <sip:alice@{REALM}>;tag=[pid]SIPpTag00[call_number]
 To: {to_echo}[peer_tag_param]
 Call-ID: [call_id]
@@ -222,8 +222,9 @@ async def test_delayed_offer_call_from_an_agent_phone_is_transferred_by_refer_wi
 
     def on_transfer(event: TransferRequested) -> None:
         transfers.append(event)
-        # The transfer engineer's side: the new call "answers" a moment later.
-        asyncio.get_running_loop().call_later(0.2, event.progress.report, 200, "OK")
+        # The transfer engineer's side: the new call "answers" a moment later, after T1,
+        # so a 401 still retransmitted for want of a matched ACK would reach SIPp first.
+        asyncio.get_running_loop().call_later(0.8, event.progress.report, 200, "OK")
 
     def on_call(call: InboundCall) -> None:
         call.on_transfer = on_transfer
