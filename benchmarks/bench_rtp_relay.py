@@ -450,7 +450,7 @@ def print_rounds(args: argparse.Namespace, per_run: float, rounds: Rounds) -> bo
     if shortfalls:
         print(
             f"{'call time not in the file (checked)':36} {statistics.median(shortfalls):13.2f}s"
-            f"  (max {max(shortfalls):.2f} s: ticks the node's clock skipped)"
+            f"  (max {max(shortfalls):.2f} s: last frame to hang-up)"
         )
     for problem in problems:
         print(f"  FAILED {problem}")

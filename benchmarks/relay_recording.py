@@ -148,16 +148,27 @@ class RecordingNode:
 
 class FrameCounter:
     """A flow frame sink (as ``ConsentedService``'s state watch is one): frames per party,
-    all of them and those carrying received audio."""
+    all of them and those carrying received audio, and the first and last tick seen."""
 
     def __init__(self) -> None:
         self.ticks: dict[str, int] = {}
         self.heard: dict[str, int] = {}
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
 
     def __call__(self, frame: TapFrame) -> None:
         self.ticks[frame.party] = self.ticks.get(frame.party, 0) + 1
+        self.first.setdefault(frame.party, frame.index)
+        self.last[frame.party] = frame.index
         if not frame.filled:
             self.heard[frame.party] = self.heard.get(frame.party, 0) + 1
+
+    def span(self, party: str) -> int:
+        """Ticks from the party's first frame to its last, skipped ones included: the
+        recording keeps the call's timeline, so this is the frames it must hold."""
+        if party not in self.first:
+            return 0
+        return self.last[party] - self.first[party] + 1
 
 
 @dataclass
@@ -296,7 +307,7 @@ class RecordingFigures:
     calls: int
     recordings: int  # complete recordings stored
     frames_written: int
-    frames_given: int  # frames the flows handed their recorders (every tick of every call)
+    frames_given: int  # ticks the flows' frames span (frames handed over + ticks skipped)
     dropped_frames: int  # frames the recorders' writer threads could not keep up with
     recorded_seconds: float
     bytes_on_disk: int
@@ -304,7 +315,7 @@ class RecordingFigures:
     verified: int = 0
     problems: list[str] = field(default_factory=list)
     #: Per sampled recording: media-clock seconds of the call the file does not cover
-    #: (ticks the clock skipped under load produce no frame, so none is recorded).
+    #: (from its last frame to the hang-up: skipped ticks are silence inside the file).
     shortfalls: list[float] = field(default_factory=list)
 
 
@@ -316,7 +327,7 @@ def summarise(node: RecordingNode, calls: Sequence[RecordedCall]) -> RecordingFi
         calls=len(calls),
         recordings=len(stored),
         frames_written=round(seconds / FRAME_SECONDS),
-        frames_given=sum(c.counter.ticks.get(c.media.caller_party, 0) for c in calls),
+        frames_given=sum(c.counter.span(c.media.caller_party) for c in calls),
         dropped_frames=sum(r.dropped_frames for r in stored),
         recorded_seconds=seconds,
         bytes_on_disk=node.bytes_on_disk(),
@@ -376,7 +387,7 @@ async def _verify_one(
     except Exception as exc:  # any failure to read back is the finding
         return f"does not read back: {type(exc).__name__}: {exc}"
     frames, rest = divmod(len(plaintext), STEREO_FRAME_BYTES)
-    given = call.counter.ticks.get(call.media.caller_party, 0)
+    given = call.counter.span(call.media.caller_party)
     if rest or frames != given:
         return f"{len(plaintext)} plaintext bytes, expected {given} frames of 20 ms"
     duration = frames * FRAME_SECONDS
@@ -388,8 +399,8 @@ async def _verify_one(
     if first is not None and hung is not None:
         shortfall = (hung - first) - duration
         shortfalls.append(shortfall)
-        # Skipped clock ticks explain a shorter file; anything more (a tap consumer that
-        # fell behind and lost frames) or a longer one is a fault.
+        # Skipped clock ticks are silence inside the file (frames == span above); only
+        # ticks skipped after its last frame may still make it shorter than the call.
         allowed = call.skipped_ticks * FRAME_SECONDS + 0.1
         if not -0.1 <= shortfall <= allowed:
             return (

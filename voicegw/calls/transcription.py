@@ -335,6 +335,9 @@ class CallTranscriber:
     def _stream_live(self, p: _Party, pcm: bytes, t: float, events: list[VadEvent]) -> None:
         """Live mode: send the utterance as it is spoken (module docstring)."""
         keep = (self._vad.pre_roll_ms + self._vad.min_utterance_ms) / 1000 + 0.1
+        if p.recent and t - p.recent[-1][0] >= 1.5 * len(pcm) / (2 * self.sample_rate):
+            # Ticks were skipped (the VAD broke there too): no pre-roll from before the gap.
+            p.recent.clear()
         p.recent.append((t, pcm))
         while p.recent and p.recent[0][0] < t - keep:
             p.recent.popleft()

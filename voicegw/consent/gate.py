@@ -6,7 +6,10 @@ gate, so a pause or withdrawal stops all of them at once (DESIGN §4.1):
 * the recorder passes each frame through :meth:`RecordingGate.admit`, which
   returns the frame or silence of the same length, so the recording keeps its
   timing and every blanked stretch is listed as a :class:`SuppressedInterval`;
-* streaming sinks check :meth:`RecordingGate.sinks_open` before sending.
+* streaming sinks check :meth:`RecordingGate.sinks_open` before sending;
+* a stretch no frame came for (media-clock ticks skipped after a stall) is
+  counted with :meth:`RecordingGate.advance`, so positions and intervals after
+  it stay on the call's media time.
 
 A frame is admitted only if recording is allowed for the *whole* frame
 ``[t, t + duration)``: a pause that starts inside a frame blanks that frame,
@@ -85,11 +88,31 @@ class RecordingGate:
         """``frame`` if it may be recorded, else silence of the same length."""
         if len(frame) % self.bytes_per_sample:
             raise ValueError("frame length is not a whole number of samples")
+        if self._pass(party, len(frame) // self.bytes_per_sample, t):
+            return frame
+        silence = self._silence.get(len(frame))
+        if silence is None:
+            silence = self._silence[len(frame)] = bytes(len(frame))
+        return silence
+
+    def advance(self, party: str, samples: int, t: float) -> None:
+        """``samples`` of ``party`` from ``t`` that never came (media-clock ticks skipped).
+
+        The sink writes silence there; the gate counts them like an admitted frame,
+        so every later position (and interval) stays on the call's media time, and
+        lists them under the consent state of the stretch when it was not allowed.
+        """
+        if samples < 0:
+            raise ValueError("samples must not be negative")
+        if samples:
+            self._pass(party, samples, t)
+
+    def _pass(self, party: str, samples: int, t: float) -> bool:
+        """Whether ``samples`` from ``t`` may be kept; moves the party's position past them."""
         channel = self._channels.get(party)
         if channel is None:
             channel = self._channels[party] = _Channel(None)
             self._closed[party] = []
-        samples = len(frame) // self.bytes_per_sample
         end = t + samples / self.sample_rate
         if channel.machine is None:
             allowed, reason = False, UNKNOWN_PARTY_REASON
@@ -100,12 +123,9 @@ class RecordingGate:
         channel.position += samples
         if allowed:
             self._close_interval(party, channel)
-            return frame
+            return True
         self._extend_interval(party, channel, reason, t, end, start_sample)
-        silence = self._silence.get(len(frame))
-        if silence is None:
-            silence = self._silence[len(frame)] = bytes(len(frame))
-        return silence
+        return False
 
     def _extend_interval(
         self, party: str, channel: _Channel, reason: str, t: float, end: float, start: int

@@ -5,7 +5,10 @@ late wake-up makes that one tick late, not every tick after it (which is what
 ``while True: sleep(0.02)`` does, drifting by the loop's overshoot every
 time). After a stall the clock catches up by running the missed ticks back to
 back, up to ``max_catchup`` of them; beyond that it skips ahead (and counts
-the skipped ticks) rather than burst a second of audio at once.
+the skipped ticks) rather than burst a second of audio at once. A skipped
+tick fires nothing: a subscriber that keeps the call's timeline sees the jump
+in the index (and deadline) and fills it itself (the recorder writes silence
+there, see :mod:`voicegw.recording.recorder`).
 
 :class:`TickSchedule` is that arithmetic, sans-IO. :class:`MediaClock` runs it
 in one asyncio task shared by all legs; subscribers are called with the tick

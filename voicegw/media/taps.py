@@ -18,6 +18,10 @@ one of them per tick, beside the legs. A tick with nothing pushed is silence
 audio after it. The feed holds at most ``max_frames`` (a burst after a stall
 loses its oldest frames), so what it adds in delay stays bounded.
 
+A tick the media clock skipped (a stall beyond its catch-up) publishes no
+frame at all: the next frame's ``index`` and ``time`` jump, and a consumer that
+keeps the call's timeline (the recorder, the VAD) sees the gap from them.
+
 Decoding is batched: all call taps on one clock share a single subscriber
 (:class:`TapHub`), which at each tick takes every tapped leg's encoded frame and
 decodes the G.711 frames of up to 64 calls in one numpy call per law (a numpy

@@ -15,7 +15,11 @@ The state machine::
 after the onset, but carries the onset time: brief clicks and coughs then never
 produce a start without a segment.
 
-Frames are assumed contiguous (a jitter buffer upstream conceals losses). WebRTC
+Frames are expected contiguous (a jitter buffer upstream conceals losses). A
+frame starting half a frame or more after the previous one ended (the media
+clock skipped ticks after a stall) is a break: an utterance in progress ends
+where its voice ended, a candidate and the pre-roll are forgotten, so a
+segment's audio always runs without a hole from its start to its end. WebRTC
 VAD smooths its own decisions over a few frames, so a segment's end lands up to
 ~150 ms after the voice stops, before ``hangover_ms`` is added.
 """
@@ -123,10 +127,12 @@ class VadSegmenter:
                 f"at {self.sample_rate} Hz"
             )
         end = t + ms / 1000
+        broken = self._break() if t - self._last_frame_end >= ms / 2000 else None
         self._last_frame_end = end
         voiced = self._vad.is_speech(frame, self.sample_rate)
         item = _Frame(t, frame)
-        return _STEPS[self._state](self, item, end, voiced)
+        events = _STEPS[self._state](self, item, end, voiced)
+        return [*broken, *events] if broken else events
 
     def finish(self, t: float) -> list[VadEvent]:
         """End of stream at ``t``: close an utterance in progress, drop a candidate."""
@@ -220,6 +226,13 @@ class VadSegmenter:
     def _reset(self) -> None:
         self._state = _State.SILENCE
         self._utterance = []
+
+    def _break(self) -> list[VadEvent]:
+        """A gap before this frame: what came before cannot run on into it."""
+        events = self._close() if self._state is _State.SPEECH else []
+        self._reset()
+        self._pre_roll.clear()
+        return events
 
 
 def _ms(seconds: float) -> float:

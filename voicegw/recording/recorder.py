@@ -16,6 +16,13 @@ Invariants it keeps (DESIGN §4.1, §4.3):
   drains into the container. When the queue is full the frame is dropped and
   counted, and the thread later writes silence of the same length so the
   two channels keep their timing; the gap is listed as a ``dropped`` interval.
+* **The file is the call's media time.** Each frame comes with its media time
+  (its clock tick's deadline). A frame later than the end of the one before
+  means the media clock skipped ticks after a stall (or a tap consumer lost
+  frames): the stretch between is written as silence at its place, passes the
+  gate as such (:meth:`RecordingGate.advance`), and is listed as a ``skipped``
+  interval, so nothing after it moves. Silence is written a block at a time,
+  so a long stall costs no more memory than a short one.
 
 Frames that arrive before :meth:`start` (while the caller is still being
 asked) are kept, gated, in a bounded in-memory pre-roll and written first, so
@@ -63,6 +70,8 @@ CHANNELS = 2
 SAMPLE_BYTES = 2
 _ALLOWING = frozenset(d.value for d in RECORDING_DECISIONS)
 _POLL_SECONDS = 0.02  # writer thread wake-up while idle; bounds finish() latency
+#: Silence the writer thread writes at a time for a gap (one second of 8 kHz stereo).
+_SILENCE_BLOCK = bytes(8000 * CHANNELS * SAMPLE_BYTES)
 
 
 class ConsentNotPersistedError(RecordingError):
@@ -128,6 +137,17 @@ def interleave(left: bytes, right: bytes) -> bytes:
     out[0::2] = a
     out[1::2] = b
     return out.tobytes()
+
+
+def _write_silence(writer: ContainerWriter, samples: int) -> None:
+    """``samples`` stereo samples of silence, one shared block at a time (bounded memory)."""
+    remaining = samples * CHANNELS * SAMPLE_BYTES
+    block = _SILENCE_BLOCK
+    while remaining >= len(block):
+        writer.write(block)
+        remaining -= len(block)
+    if remaining:
+        writer.write(block[:remaining])
 
 
 def _in_own_thread(work: Callable[[], None], *, name: str) -> asyncio.Future[None]:
@@ -254,6 +274,10 @@ class Recorder:
         self._queue: queue.Queue[_Item] = queue.Queue(self.config.queue_frames)
         self._pending_gap = 0
         self._dropped: list[tuple[int, int]] = []  # [start, end) samples, recording time base
+        self._skipped: list[tuple[int, int]] = []  # [start, end) samples, gate position base
+        self._next_t = 0.0  # media time where the last frame fed ended
+        self._rate = self.config.sample_rate
+        self._silences: dict[int, bytes] = {}  # stereo silence by samples, shared in the pre-roll
         self._fed_samples = 0
         self._closing = threading.Event()
         self._task: asyncio.Future[None] | None = None
@@ -272,23 +296,28 @@ class Recorder:
     # --- media path --------------------------------------------------------------
 
     def feed(self, caller: bytes, agent: bytes, t: float) -> None:
-        """One frame per party starting at call time ``t``; never blocks."""
+        """One frame per party starting at media time ``t``; never blocks.
+
+        A frame starting half a frame or more after the previous one ended follows
+        skipped ticks: the stretch between becomes silence at its place first.
+        """
         if len(caller) != len(agent):
             raise ValueError("caller and agent frames differ in length")
         if self._phase is _Phase.CLOSED:
             return
+        samples = len(caller) // SAMPLE_BYTES
+        duration = samples / self._rate
         if self._base_position is None:
             self._base_position = self._gate.position(self.caller_party)
-        samples = len(caller) // SAMPLE_BYTES
+        elif t - self._next_t >= duration / 2 and samples:
+            self._skip(round((t - self._next_t) * self._rate), samples)
+        self._next_t = t + duration
         stereo = interleave(
             self._gate.admit(self.caller_party, caller, t),
             self._gate.admit(self.agent_party, agent, t),
         )
         if self._phase is _Phase.PENDING:
-            if len(self._preroll) >= self.config.preroll_frames:
-                evicted = self._preroll.popleft()
-                self._base_position += len(evicted) // (CHANNELS * SAMPLE_BYTES)
-            self._preroll.append(stereo)
+            self._keep(stereo)
             return
         try:
             self._queue.put_nowait(_Item(self._pending_gap, stereo))
@@ -300,6 +329,50 @@ class Recorder:
             return
         self._fed_samples += self._pending_gap + samples
         self._pending_gap = 0
+
+    def _keep(self, stereo: bytes) -> None:
+        """Into the pre-roll; when it is full the oldest frame goes (the file starts later)."""
+        assert self._base_position is not None
+        if len(self._preroll) >= self.config.preroll_frames:
+            evicted = self._preroll.popleft()
+            self._base_position += len(evicted) // (CHANNELS * SAMPLE_BYTES)
+        self._preroll.append(stereo)
+
+    def _silence(self, samples: int) -> bytes:
+        silence = self._silences.get(samples)
+        if silence is None:
+            silence = self._silences[samples] = bytes(samples * CHANNELS * SAMPLE_BYTES)
+        return silence
+
+    def _skip(self, missing: int, frame_samples: int) -> None:
+        """``missing`` samples before this frame that no frame came for: silence, in place.
+
+        Through the gate first (its positions and intervals stay on media time), then
+        into the pre-roll as frames of one shared silence, or onto the writer's next
+        item as a count: memory is bounded however long the gap.
+        """
+        assert self._base_position is not None
+        start = self._next_t
+        position = self._gate.position(self.caller_party)
+        self._gate.advance(self.caller_party, missing, start)
+        self._gate.advance(self.agent_party, missing, start)
+        self._skipped.append((position, position + missing))
+        if self._phase is not _Phase.PENDING:
+            self._pending_gap += missing
+            return
+        whole, rest = divmod(missing, frame_samples)
+        room = self.config.preroll_frames
+        if whole >= room:
+            # The gap alone fills the pre-roll: everything older goes at once.
+            kept = sum(len(f) for f in self._preroll) // (CHANNELS * SAMPLE_BYTES)
+            self._base_position += kept + rest + (whole - room) * frame_samples
+            self._preroll.clear()
+            whole, rest = room, 0
+        if rest:
+            self._keep(self._silence(rest))
+        silence = self._silence(frame_samples)
+        for _ in range(whole):
+            self._keep(silence)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -408,10 +481,10 @@ class Recorder:
                     continue
                 idle_polls = 0
                 if item.gap_samples:
-                    writer.write(bytes(item.gap_samples * CHANNELS * SAMPLE_BYTES))
+                    _write_silence(writer, item.gap_samples)
                 writer.write(item.data)
-            if self._pending_gap:  # frames dropped at the very end
-                writer.write(bytes(self._pending_gap * CHANNELS * SAMPLE_BYTES))
+            if self._pending_gap:  # frames dropped (or ticks skipped) at the very end
+                _write_silence(writer, self._pending_gap)
             writer.finish()
             sink.handle.finalize()
         except BaseException as exc:  # kept for finish(): the row is marked incomplete
@@ -455,6 +528,16 @@ class Recorder:
                 self._gate.intervals(self.agent_party), offset_samples=offset
             ),
         ]
+        out.extend(
+            {
+                "party": "*",
+                "reason": "skipped",
+                "start_sample": max(start - offset, 0),
+                "end_sample": end - offset,
+            }
+            for start, end in self._skipped
+            if end > offset  # not entirely in pre-roll the file no longer holds
+        )
         out.extend(
             {"party": "*", "reason": "dropped", "start_sample": start, "end_sample": end}
             for start, end in self._dropped
