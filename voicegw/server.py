@@ -128,12 +128,7 @@ def call_layer(
     records = CallRecords(sessions, node=settings.node_name)
     # Consent first, then the live view (consent state, transcript, secure pause on the
     # agent's page), then the queue.
-    live = AgentLiveView(
-        queue if queue is not None else AgentBridge(agents),
-        clock=consent.clock,
-        asr=consent.asr,
-        on_record=consent.on_record,
-    )
+    live = AgentLiveView(queue if queue is not None else AgentBridge(agents))
     agent_calls = with_consent(live, consent)
     live.attach(agent_calls)
     bridge = BridgeService(store_contacts(sessions), records=records)

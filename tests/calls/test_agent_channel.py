@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
 from av import AudioFrame
 
 import tests.calls.test_agent_bridge as loopback
+from voicegw.asr.registry import default_asr_registry
 from voicegw.calls.agent_bridge import AgentBridge, AgentBridgeConfig
 from voicegw.calls.agents import AgentDirectory, AgentSession, CallAction
 from voicegw.calls.call_media import RtpCallMedia
@@ -86,10 +88,17 @@ class Microphone(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, frequency: float, talking: Callable[[int], bool] = lambda n: True) -> None:
+    def __init__(
+        self,
+        frequency: float,
+        talking: Callable[[int], bool] = lambda n: True,
+        speech: Samples | None = None,
+    ) -> None:
+        """``speech`` (48 kHz), when given, is said again and again instead of the tone."""
         super().__init__()
         self.frequency = frequency
         self.talking = talking
+        self.speech = speech
         self.said: list[tuple[float, bool]] = []
         self._start: float | None = None
 
@@ -99,9 +108,13 @@ class Microphone(MediaStreamTrack):
         self._start = self._start or loop.time()
         await asyncio.sleep(max(0.0, self._start + n * 0.02 - loop.time()))
         on = self.talking(n)
-        t = (np.arange(960) + n * 960) / 48000
-        level = 0.4 * 32767 if on else 0.0
-        samples = (level * np.sin(2 * np.pi * self.frequency * t)).astype(np.int16)
+        if self.speech is not None:
+            at = n * 960 % (len(self.speech) - 960)
+            samples = self.speech[at : at + 960] if on else np.zeros(960, np.int16)
+        else:
+            t = (np.arange(960) + n * 960) / 48000
+            level = 0.4 * 32767 if on else 0.0
+            samples = (level * np.sin(2 * np.pi * self.frequency * t)).astype(np.int16)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = 48000
         frame.pts = n * 960
@@ -208,6 +221,7 @@ async def node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
         bridge = AgentBridge(agents, AgentBridgeConfig(queue=loopback.QUICK), clock=clock)
         storage = LocalFilesystemStorage(tmp_path / "recordings")
         keyring = LocalKeyring(tmp_path / "keys")
+        asr = default_asr_registry()
         consented = with_consent(
             bridge,
             ConsentedDeps(
@@ -217,6 +231,7 @@ async def node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
                 clock=clock,
                 tts=tts,
                 prompt_cache=PromptCache(),
+                asr=asr,
             ),
         )
 
@@ -250,6 +265,8 @@ async def node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             for socket in (sip, rtp):
                 assert socket.transport is not None
                 socket.transport.close()
+            for provider in asr.list():
+                await provider.aclose()
             await clock.stop()
 
         cleanup.append(stop)
@@ -493,3 +510,48 @@ async def test_a_warm_transfers_consult_is_not_recorded_and_the_second_agent_is_
     assert len(consulting) > RATE and frame_rms(consulting).max(initial=0.0) < 50
     after = span(agent, zero, completing, zero + len(agent) / RATE)
     assert has_tone(after, SECOND_TONE) and not has_tone(after, FIRST_TONE)
+
+
+# --- the agent's words in the call's transcript ------------------------------------------
+
+
+async def agent_transcripts(gw: Node, outcome: ConsentOutcome) -> list[store.Transcript]:
+    async with gw.sessions() as session:
+        rows = [
+            await store.get_object(session, store.ObjectKind.TRANSCRIPT, loopback.TENANT, i)
+            for i in outcome.transcripts
+        ]
+    return [r for r in rows if isinstance(r, store.Transcript) and r.party == "agent"]
+
+
+async def spoken_at_48k(text: str) -> Samples:
+    pcm = await EspeakTts().synthesize(text, sample_rate=8000).read_all()
+    said = np.frombuffer(pcm, dtype="<i2")
+    return np.concatenate([np.repeat(said, 6), np.zeros(48000, np.int16)])  # and a pause
+
+
+@pytest.mark.parametrize("agent_recording", [True, False])
+async def test_the_agents_words_are_in_the_transcript_only_where_agents_may_be_recorded(
+    node: NodeFactory, agent_recording: bool
+) -> None:
+    settings = NOTIFY.model_copy(
+        update={"transcription_enabled": True, "agent_recording": agent_recording}
+    )
+    gw = await node(settings)
+    microphone = Microphone(0.0, speech=await spoken_at_48k("thank you for calling acme"))
+    _, _, stack, _ = await gw.answered_call(microphone)
+    async with stack:
+        await loopback.eventually(lambda: len(microphone.said) >= 300, TIMEOUT)  # 6 s
+    outcome = await gw.hang_up()
+
+    rows = await agent_transcripts(gw, outcome)
+    if not agent_recording:
+        assert rows == []  # the gate kept the agent's audio from the recogniser too
+        return
+    (row,) = rows
+    (informed,) = [d for d in outcome.stored if d.party == "agent"]
+    assert (row.consent_record_id, row.complete) == (informed.record_id, True)
+    with open_stored(gw.storage, row) as handle:
+        plaintext = decrypt(handle, gw.keyring, wrapped_key=wrapped_key_of(row))
+    lines = [json.loads(line) for line in plaintext.decode().splitlines()]
+    assert lines and all(line["text"] for line in lines)

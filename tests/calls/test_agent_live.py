@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from voicegw.calls.agents import (
     CallView,
     TranscriptLine,
 )
+from voicegw.calls.consent_flow import ConsentOutcome
 from voicegw.calls.consented import ConsentedDeps, ConsentedService, with_consent
 from voicegw.calls.prompts import PromptCache
 from voicegw.calls.routing import Router, Service
@@ -43,10 +46,13 @@ from voicegw.media.ports import PortAllocator
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.webrtc import FRAME_BYTES, WebRtcConfig
 from voicegw.privacy.registry import Registry
+from voicegw.recording.container import decrypt
 from voicegw.recording.keys import LocalKeyring
+from voicegw.recording.metadata import open_stored, wrapped_key_of
 from voicegw.recording.storage import LocalFilesystemStorage
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import migrate, tenants
+from voicegw.store import recordings as store
 from voicegw.store.db import create_engine, session_factory
 from voicegw.store.models import AuditEvent
 from voicegw.tenant_settings import ConsentPrompt, TenantSettings
@@ -66,6 +72,14 @@ class Node:
     sessions: async_sessionmaker[AsyncSession]
     session: AgentSession
     page: loopback.Page
+    storage: LocalFilesystemStorage
+    keys: LocalKeyring
+    outcomes: asyncio.Queue[ConsentOutcome]
+
+    async def transcript_lines(self, row: store.Transcript) -> list[dict[str, object]]:
+        with open_stored(self.storage, row) as handle:
+            plaintext = decrypt(handle, self.keys, wrapped_key=wrapped_key_of(row))
+        return [json.loads(line) for line in plaintext.decode().splitlines()]
 
     async def next(self, kind: type, seconds: float = TIMEOUT) -> AgentEvent:
         async with asyncio.timeout(seconds):
@@ -127,13 +141,15 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     )
     agents = AgentDirectory(WebRtcConfig(host_addresses=("127.0.0.1",)), wrap_up_seconds=0)
     bridge = AgentBridge(agents, AgentBridgeConfig(queue=loopback.QUICK))
-    live = AgentLiveView(bridge, clock=clock, asr=asr)
+    live = AgentLiveView(bridge)
+    storage = LocalFilesystemStorage(tmp_path / "recordings")
+    keys = LocalKeyring(tmp_path / "keys")
     consented = with_consent(
         live,
         ConsentedDeps(
             sessions=sessions,
-            storage=LocalFilesystemStorage(tmp_path / "recordings"),
-            keys=LocalKeyring(tmp_path / "keys"),
+            storage=storage,
+            keys=keys,
             clock=clock,
             tts=tts,
             prompt_cache=PromptCache(),
@@ -141,6 +157,8 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         ),
     )
     live.attach(consented)
+    outcomes: asyncio.Queue[ConsentOutcome] = asyncio.Queue()
+    consented.on_outcome = lambda _call_id, outcome: outcomes.put_nowait(outcome)
 
     async def owner(number: str) -> str | None:
         async with sessions() as s:
@@ -163,7 +181,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     page = loopback.Page()
     session = agents.sign_in(loopback.TENANT, AGENT, page)
     try:
-        yield Node(agents, consented, caller, sessions, session, page)
+        yield Node(agents, consented, caller, sessions, session, page, storage, keys, outcomes)
     finally:
         await caller.hang_up()
         await calls.close()
@@ -212,3 +230,86 @@ async def test_the_page_shows_consent_and_transcript_and_its_secure_pause_reache
         speaking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await speaking
+
+
+async def test_the_transcript_is_stored_encrypted_under_the_callers_decision_without_the_pause(
+    node: Node,
+) -> None:
+    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
+    node.caller.invite()
+    assert (await node.caller.final()).status == 200
+    speaking = asyncio.create_task(speak(node.caller, speech))
+    try:
+        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
+        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
+        await node.next(TranscriptLine)  # the recogniser has heard the caller
+        await node.agents.secure_pause(node.session, ringing.call_id, True)
+        await node.call_where(lambda c: c.consent.state == "paused", 5.0)
+        await asyncio.sleep(2.0)  # the caller talks on through the pause
+        await node.agents.secure_pause(node.session, ringing.call_id, False)
+        await node.call_where(lambda c: c.consent.state == "notice_only", 5.0)
+        await asyncio.sleep(3.0)
+    finally:
+        speaking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await speaking
+    node.caller.send("BYE")
+    outcome = await asyncio.wait_for(node.outcomes.get(), TIMEOUT)
+
+    (transcript_id,) = outcome.transcripts  # the agent said nothing: the caller's only
+    (notice,) = [s for s in outcome.stored if s.party == "caller"]
+    async with node.sessions() as s:
+        row = await store.get_object(s, store.ObjectKind.TRANSCRIPT, loopback.TENANT, transcript_id)
+        assert isinstance(row, store.Transcript)
+        query = select(AuditEvent.action).where(AuditEvent.target == store.target_of(row))
+        actions = set((await s.execute(query)).scalars())
+    assert (row.party, row.complete, row.consent_record_id) == ("caller", True, notice.record_id)
+    assert row.retain_until - row.created_at == timedelta(
+        days=TenantSettings().retention.transcripts_days
+    )
+    assert {"transcript.start", "transcript.finish"} <= actions
+
+    lines = await node.transcript_lines(row)
+    assert lines and row.segments == len(lines)
+    assert all(line["text"] and 0 <= line["start"] < line["end"] for line in lines)
+    # Times count from the call's first frame; nothing said inside the pause was kept.
+    assert outcome.first_frame_time is not None
+    paused = [
+        (i.start_time - outcome.first_frame_time, i.end_time - outcome.first_frame_time)
+        for i in outcome.intervals["caller"]
+        if i.reason == "paused"
+    ]
+    assert paused
+    for line in lines:
+        for start, end in paused:
+            assert line["end"] <= start + 0.02 or line["start"] >= end - 0.02, (line, paused)
+    # Only ciphertext on disk.
+    stored_bytes = b"".join(p.read_bytes() for p in node.storage.root.rglob("*") if p.is_file())
+    assert all(str(line["text"]).encode() not in stored_bytes for line in lines)
+
+
+async def test_with_transcription_off_nothing_is_transcribed_shown_or_stored(node: Node) -> None:
+    async with node.sessions.begin() as s:
+        tenant = await tenants.get_tenant(s, loopback.TENANT)
+        assert tenant is not None
+        await tenants.update_settings(
+            s, actor="test", tenant=tenant, patch={"transcription_enabled": False}
+        )
+    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
+    node.caller.invite()
+    assert (await node.caller.final()).status == 200
+    speaking = asyncio.create_task(speak(node.caller, speech))
+    try:
+        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
+        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
+        with pytest.raises(TimeoutError):
+            await node.next(TranscriptLine, 6.0)  # the sentence takes ~3 s: heard twice
+    finally:
+        speaking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await speaking
+    node.caller.send("BYE")
+    outcome = await asyncio.wait_for(node.outcomes.get(), TIMEOUT)
+    assert outcome.transcripts == () and outcome.recording is not None  # recorded, not transcribed
+    async with node.sessions() as s:
+        assert await store.list_transcripts(s, loopback.TENANT) == []

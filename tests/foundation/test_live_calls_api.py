@@ -363,7 +363,7 @@ async def node(sessions: async_sessionmaker[AsyncSession], tmp_path: Path) -> As
     bridge = AgentBridge(
         agents, AgentBridgeConfig(queue=QueueSettings(ring_timeout=60.0, max_wait=120.0))
     )
-    live = AgentLiveView(bridge, clock=clock)
+    live = AgentLiveView(bridge)
     consented = with_consent(
         live,
         ConsentedDeps(

@@ -9,9 +9,10 @@ by its SIP call id. It
   <voicegw.calls.consented.ConsentedService.publish>` and puts each call's
   latest consent state, and the recording state it implies, on the page of
   whichever agent has the caller now (after a transfer, the new one);
-* runs a :class:`~voicegw.calls.transcription.CallTranscriber` on the
-  caller's frames behind the flow's gate (a secure pause stops it within a
-  frame) and pushes each line to the agent's page;
+* subscribes to the flow's :class:`~voicegw.calls.transcription.CallTranscriber`
+  (both parties, behind the flow's gate: a secure pause stops it within a frame;
+  the same lines are stored encrypted when the call ends) and pushes each line
+  to the agent's page;
 * carries the page's secure pause to the flow (:meth:`ConsentFlow.pause
   <voicegw.calls.consent_flow.ConsentFlow.pause>` / ``resume``), where it is
   enforced and audited.
@@ -27,19 +28,12 @@ import logging
 from typing import Final
 
 from voicegw.asr.base import TranscriptKind
-from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.agent_bridge import AgentBridge
 from voicegw.calls.agents import AgentCall, ConsentView
-from voicegw.calls.consent_flow import ConsentFlow
 from voicegw.calls.consented import ConsentedService, ConsentStateChanged
 from voicegw.calls.sip_calls import InboundCall
-from voicegw.calls.speech_policy import CallSpeech
-from voicegw.calls.transcription import CallTranscriber
+from voicegw.calls.transcription import TranscriptSubscription
 from voicegw.consent import State
-from voicegw.media.clock import MediaClock
-from voicegw.privacy.processing import RecordSink
-from voicegw.store import tenants
-from voicegw.tenant_settings import TenantSettings
 
 __all__ = ["RECORDING_STATES", "AgentLiveView"]
 
@@ -57,19 +51,9 @@ RECORDING_STATES: Final = {
 class AgentLiveView:
     """A call handler around the agent bridge that feeds agents' pages (module docstring)."""
 
-    def __init__(
-        self,
-        bridge: AgentBridge,
-        *,
-        clock: MediaClock,
-        asr: AsrRegistry | None = None,
-        on_record: RecordSink | None = None,
-    ) -> None:
+    def __init__(self, bridge: AgentBridge) -> None:
         self.bridge = bridge
         self.agents = bridge.agents
-        self.clock = clock
-        self.asr = asr
-        self.on_record = on_record
         self.consented: ConsentedService | None = None
         #: The latest consent state per SIP call id (a page that gets the call later sees it).
         self._states: dict[str, State] = {}
@@ -83,23 +67,18 @@ class AgentLiveView:
 
     async def __call__(self, call: InboundCall) -> None:
         flow = self.consented.flow(call.id) if self.consented is not None else None
-        transcriber = await self._transcriber(call, flow) if flow is not None else None
-        feeding: asyncio.Task[None] | None = None
+        transcriber = flow.transcriber if flow is not None else None
         pushing: asyncio.Task[None] | None = None
-        if transcriber is not None and transcriber.active:
-            feeding = asyncio.create_task(transcriber.consume(call.media(self.clock).frames()))
-            pushing = asyncio.create_task(self._push_lines(call.id, transcriber))
+        if transcriber is not None:
+            pushing = asyncio.create_task(self._push_lines(call.id, transcriber.subscribe()))
         try:
             await self.bridge(call)
         finally:
             self._states.pop(call.id, None)
-            for task in (feeding, pushing):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if transcriber is not None:
-                await transcriber.aclose()
+            if pushing is not None:
+                pushing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pushing
 
     # --- consent and recording state -----------------------------------------------------
 
@@ -140,33 +119,8 @@ class AgentLiveView:
 
     # --- live transcript -------------------------------------------------------------------
 
-    async def _transcriber(self, call: InboundCall, flow: ConsentFlow) -> CallTranscriber | None:
-        if self.asr is None or self.consented is None:
-            return None
-        settings = await self._settings(call.offer.route.tenant_id)
-        if settings is None:
-            return None
-        return CallTranscriber.for_call(
-            self.asr,
-            settings,
-            CallSpeech(
-                call_id=call.id,
-                tenant=call.offer.route.tenant_id,
-                language=settings.consent_prompt.language,
-            ),
-            parties=(flow.config.caller_party,),
-            sinks_open=flow.gate.sinks_open,
-            on_record=self.on_record or _ignore,
-        )
-
-    async def _settings(self, tenant_id: str) -> TenantSettings | None:
-        assert self.consented is not None
-        async with self.consented.deps.sessions() as session:
-            tenant = await tenants.get_tenant(session, tenant_id)
-            return None if tenant is None else tenants.tenant_settings(tenant)
-
-    async def _push_lines(self, sip_call_id: str, transcriber: CallTranscriber) -> None:
-        async for event in transcriber.subscribe():
+    async def _push_lines(self, sip_call_id: str, lines: TranscriptSubscription) -> None:
+        async for event in lines:
             agent_call = self.bridge.agent_call_of(sip_call_id)
             if agent_call is not None:
                 self.agents.push_transcript(
@@ -176,6 +130,3 @@ class AgentLiveView:
                     final=event.kind is TranscriptKind.FINAL,
                 )
 
-
-def _ignore(_record: object) -> None:
-    """No processing-record sink configured."""

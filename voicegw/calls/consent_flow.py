@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from voicegw.asr.base import TranscriptKind
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.call_media import CallMedia, KeyPress
+from voicegw.calls.call_transcript import CallTranscript, TranscriptTarget
 from voicegw.calls.prompts import PromptSynthesizer
 from voicegw.calls.speech_policy import CallSpeech, SpeechFeature
 from voicegw.calls.transcription import CallTranscriber, TranscriptSubscription
@@ -184,6 +185,8 @@ class ConsentOutcome:
     #: Media time of the first frame the recorder was fed (sample 0 of the file).
     first_frame_time: float | None
     intervals: dict[str, tuple[SuppressedInterval, ...]] = field(default_factory=dict)
+    #: Ids of the transcripts stored for the call (one per party that has one).
+    transcripts: tuple[str, ...] = ()
 
 
 # --- policy from settings -------------------------------------------------------------
@@ -312,6 +315,12 @@ class ConsentFlow:
         self._pending: asyncio.Queue[ConsentDecision | None] = asyncio.Queue()
         self._stored: list[StoredDecision] = []
         self._answers: CallTranscriber | None = None
+        #: The call's transcription (both parties, behind the gate) while the tenant has it on;
+        #: the agent's page subscribes to it for live lines.
+        self.transcriber: CallTranscriber | None = None
+        self.transcript = CallTranscript()
+        #: party -> consent record id of its latest decision that allows keeping its audio.
+        self._allowing: dict[str, int] = {}
         self._paused = False
         self._first_frame_time: float | None = None
         self._started = False
@@ -354,6 +363,11 @@ class ConsentFlow:
         if self._answers is not None:
             listening = self._read_answers(self._answers.subscribe())
             tasks.append(asyncio.create_task(listening, name="consent-answers"))
+        self.transcriber = self._call_transcriber()
+        collecting = None
+        if self.transcriber is not None:
+            lines = self.transcript.collect(self.transcriber.subscribe(maxsize=1000))
+            collecting = asyncio.create_task(lines, name="consent-transcript")
         try:
             if prompt is not None and not self.media.ended.is_set():
                 await self._ask(prompt[0])
@@ -364,15 +378,19 @@ class ConsentFlow:
             for task in tasks[1:]:
                 if not task.done():
                     task.cancel()
-            if self._answers is not None:
-                await self._answers.aclose()
+            for listener in (self._answers, self.transcriber):
+                if listener is not None:
+                    await listener.aclose()  # the last finals are in, subscriptions end
             await asyncio.gather(*tasks[1:], return_exceptions=True)
+            if collecting is not None:
+                await asyncio.gather(collecting, return_exceptions=True)
             self._pending.put_nowait(None)
             try:
                 await tasks[0]  # decisions stored, the recorder started if it was going to be
             finally:
                 # Whatever failed, the writer thread is told to seal the file and stop.
                 recording = await self.recorder.finish()
+        transcripts = await self._store_transcript()
         return ConsentOutcome(
             resolution=resolution,
             decisions=self._decisions(),
@@ -380,6 +398,7 @@ class ConsentFlow:
             recording=recording,
             first_frame_time=self._first_frame_time,
             intervals={p: self.gate.intervals(p) for p in self._parties()},
+            transcripts=tuple(transcripts),
         )
 
     def _parties(self) -> tuple[str, str]:
@@ -521,6 +540,41 @@ class ConsentFlow:
         )
         return listener if listener.active else None
 
+    def _call_transcriber(self) -> CallTranscriber | None:
+        """Both parties' speech to the policy-chosen ASR, when the tenant has transcription on."""
+        if self.services.asr is None:
+            return None
+        transcriber = CallTranscriber.for_call(
+            self.services.asr,
+            self.settings,
+            CallSpeech(
+                call_id=self.call.call_id,
+                tenant=self.call.tenant_id,
+                language=self.settings.consent_prompt.language,
+            ),
+            parties=self._parties(),
+            sinks_open=self.gate.sinks_open,
+            on_record=self.services.on_record,
+        )
+        return transcriber if transcriber.active else None
+
+    async def _store_transcript(self) -> list[str]:
+        """Each party's final lines, encrypted, under the decision that let them be kept."""
+        if self.transcriber is None or self._first_frame_time is None:
+            return []
+        config = self.services.recorder_config
+        target = TranscriptTarget(
+            self.services.sessions,
+            self.services.storage,
+            self.services.keys,
+            tenant_id=self.call.tenant_id,
+            call_id=self.call.call_id,
+            region=self.call.region,
+            node=config.node if config is not None else None,
+            actor=self.config.actor,
+        )
+        return await self.transcript.store(target, self._allowing, self._first_frame_time)
+
     def _answer_window_open(self, party: str) -> bool:
         caller = self._caller
         return (
@@ -544,6 +598,9 @@ class ConsentFlow:
             self._check_deadline(frame.time)
             if self._answers is not None and frame.party == self.config.caller_party:
                 self._answers.push_frame(frame)
+            transcriber = self.transcriber
+            if transcriber is not None and frame.sample_rate == transcriber.sample_rate:
+                transcriber.push_frame(frame)
             for sink in self._frame_sinks:
                 sink(frame)
             waiting.setdefault(frame.index, {})[frame.party] = frame
@@ -581,6 +638,8 @@ class ConsentFlow:
         """Store and audit each decision in order; start the recorder only after the grant's row."""
         while (decision := await self._pending.get()) is not None:
             stored = await self._store(decision)
+            if decision.allows_recording:
+                self._allowing[decision.party] = stored.record_id
             is_caller = decision.party == self.config.caller_party
             if not (is_caller and decision.allows_recording and not self._started):
                 continue
