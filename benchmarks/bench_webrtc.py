@@ -157,6 +157,7 @@ def pair(sent: list[float], heard: list[float]) -> list[float]:
 
 async def gateway_main(uvloop_on: bool) -> None:
     from voicegw.calls.call_media import RtpCallMedia
+    from voicegw.gc_tuning import tune_for_media
     from voicegw.media.clock import MediaClock
     from voicegw.media.codecs import codec_by_name
     from voicegw.media.jitter import JitterBuffer, repeat_then_silence_concealer
@@ -236,6 +237,7 @@ async def gateway_main(uvloop_on: bool) -> None:
 
     done = asyncio.Event()
     server = await asyncio.start_server(control, HOST, 0)
+    tune_for_media()  # as `voicegw serve` does once it is up
     emit({"control": server.sockets[0].getsockname()[1], "uvloop": uvloop_on})
     await done.wait()
     server.close()

@@ -41,6 +41,7 @@ from voicegw.calls.sip_metrics import SipServiceCollector
 from voicegw.calls.sip_service import SipService, SipServiceConfig
 from voicegw.calls.trunks import trunk_table
 from voicegw.config import Settings
+from voicegw.gc_tuning import tune_for_media
 from voicegw.media.clock import MediaClock
 from voicegw.media.ports import PortAllocator
 from voicegw.media.webrtc import IceServer, WebRtcConfig
@@ -268,6 +269,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
         base = settings.http.public_url or f"http://{settings.http.host}:{settings.http.port}"
+        tune_for_media()  # GC pauses were the p99 of packet latency under load
         log.info(
             "server.started",
             extra={
