@@ -76,6 +76,27 @@ class Node:
     keys: LocalKeyring
     outcomes: asyncio.Queue[ConsentOutcome]
 
+    @contextlib.asynccontextmanager
+    async def answered_talking_caller(self) -> AsyncIterator[CallView]:
+        """The caller dials, hears the notice and keeps saying :data:`SAID` while the agent
+        answers; yields the call as the ringing page saw it (consent state settled)."""
+        speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
+        self.caller.invite()
+        assert (await self.caller.final()).status == 200  # the consent flow answers to notify
+        speaking = asyncio.create_task(speak(self.caller, speech))
+        try:
+            ringing = await self.call_where(lambda c: c.consent.state == "notice_only")
+            await self.agents.act(self.session, ringing.call_id, CallAction.ANSWER)
+            yield ringing
+        finally:
+            speaking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await speaking
+
+    async def hang_up(self) -> ConsentOutcome:
+        self.caller.send("BYE")
+        return await asyncio.wait_for(self.outcomes.get(), TIMEOUT)
+
     async def transcript_lines(self, row: store.Transcript) -> list[dict[str, object]]:
         with open_stored(self.storage, row) as handle:
             plaintext = decrypt(handle, self.keys, wrapped_key=wrapped_key_of(row))
@@ -200,15 +221,9 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 async def test_the_page_shows_consent_and_transcript_and_its_secure_pause_reaches_the_flow(
     node: Node,
 ) -> None:
-    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
-    node.caller.invite()
-    assert (await node.caller.final()).status == 200  # the consent flow answers to notify
-    speaking = asyncio.create_task(speak(node.caller, speech))
-    try:
-        # The notice has played: the ringing agent already sees the caller's state.
-        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
+    async with node.answered_talking_caller() as ringing:
+        # The notice had played: the ringing agent already saw the caller's state.
         assert (ringing.consent.mode, ringing.recording.state) == ("notify", "recording")
-        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
 
         line = await node.next(TranscriptLine)
         assert isinstance(line, TranscriptLine)
@@ -226,22 +241,12 @@ async def test_the_page_shows_consent_and_transcript_and_its_secure_pause_reache
         await node.agents.secure_pause(node.session, ringing.call_id, False)
         resumed = await node.call_where(lambda c: c.consent.state == "notice_only", 5.0)
         assert resumed.recording.state == "recording" and not resumed.recording.secure_pause
-    finally:
-        speaking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await speaking
 
 
 async def test_the_transcript_is_stored_encrypted_under_the_callers_decision_without_the_pause(
     node: Node,
 ) -> None:
-    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
-    node.caller.invite()
-    assert (await node.caller.final()).status == 200
-    speaking = asyncio.create_task(speak(node.caller, speech))
-    try:
-        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
-        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
+    async with node.answered_talking_caller() as ringing:
         await node.next(TranscriptLine)  # the recogniser has heard the caller
         await node.agents.secure_pause(node.session, ringing.call_id, True)
         await node.call_where(lambda c: c.consent.state == "paused", 5.0)
@@ -249,12 +254,7 @@ async def test_the_transcript_is_stored_encrypted_under_the_callers_decision_wit
         await node.agents.secure_pause(node.session, ringing.call_id, False)
         await node.call_where(lambda c: c.consent.state == "notice_only", 5.0)
         await asyncio.sleep(3.0)
-    finally:
-        speaking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await speaking
-    node.caller.send("BYE")
-    outcome = await asyncio.wait_for(node.outcomes.get(), TIMEOUT)
+    outcome = await node.hang_up()
 
     (transcript_id,) = outcome.transcripts  # the agent said nothing: the caller's only
     (notice,) = [s for s in outcome.stored if s.party == "caller"]
@@ -295,21 +295,10 @@ async def test_with_transcription_off_nothing_is_transcribed_shown_or_stored(nod
         await tenants.update_settings(
             s, actor="test", tenant=tenant, patch={"transcription_enabled": False}
         )
-    speech = await EspeakTts().synthesize(SAID, sample_rate=8000).read_all()
-    node.caller.invite()
-    assert (await node.caller.final()).status == 200
-    speaking = asyncio.create_task(speak(node.caller, speech))
-    try:
-        ringing = await node.call_where(lambda c: c.consent.state == "notice_only")
-        await node.agents.act(node.session, ringing.call_id, CallAction.ANSWER)
+    async with node.answered_talking_caller():
         with pytest.raises(TimeoutError):
             await node.next(TranscriptLine, 6.0)  # the sentence takes ~3 s: heard twice
-    finally:
-        speaking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await speaking
-    node.caller.send("BYE")
-    outcome = await asyncio.wait_for(node.outcomes.get(), TIMEOUT)
+    outcome = await node.hang_up()
     assert outcome.transcripts == () and outcome.recording is not None  # recorded, not transcribed
     async with node.sessions() as s:
         assert await store.list_transcripts(s, loopback.TENANT) == []
