@@ -21,7 +21,7 @@ from pydantic import Field
 from voicegw.api.admin import ADMINS, READERS, _int_param, principal, scoped_tenant
 from voicegw.api.context import SESSIONS
 from voicegw.api.errors import ApiError, not_found, parse_body
-from voicegw.api.schemas import _Body
+from voicegw.api.schemas import RequestBody
 from voicegw.api.softphone import AGENTS
 from voicegw.api.views import agent_view
 from voicegw.calls.agents import SoftphoneError
@@ -31,7 +31,7 @@ from voicegw.store.audit import append as audit_append
 __all__ = ["AgentEndpoint", "AgentPresence", "set_endpoint", "set_presence"]
 
 
-class AgentEndpoint(_Body):
+class AgentEndpoint(RequestBody):
     sip_user: str | None = Field(
         min_length=1,
         max_length=64,
@@ -40,7 +40,7 @@ class AgentEndpoint(_Body):
     )
 
 
-class AgentPresence(_Body):
+class AgentPresence(RequestBody):
     presence: Literal["available", "away"] = Field(description="What the agent is set to")
 
 

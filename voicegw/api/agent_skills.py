@@ -10,7 +10,7 @@ from pydantic import Field
 from voicegw.api.admin import ADMINS, _int_param, principal, scoped_tenant
 from voicegw.api.context import SESSIONS
 from voicegw.api.errors import not_found, parse_body
-from voicegw.api.schemas import _Body
+from voicegw.api.schemas import RequestBody
 from voicegw.api.softphone import AGENTS
 from voicegw.api.views import agent_view
 from voicegw.store import tenants
@@ -20,7 +20,7 @@ __all__ = ["AgentSkills", "set_skills"]
 SKILL = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 
 
-class AgentSkills(_Body):
+class AgentSkills(RequestBody):
     skills: list[Annotated[str, Field(pattern=SKILL)]] = Field(
         max_length=32,
         description="The agent's skills (lower-case words); replaces the previous list",

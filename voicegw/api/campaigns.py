@@ -22,7 +22,7 @@ from pydantic import Field
 from voicegw.api.admin import ADMINS, READERS, principal, scoped_tenant
 from voicegw.api.context import SESSIONS, SIP_DOMAIN
 from voicegw.api.errors import ApiError, not_found, parse_body
-from voicegw.api.schemas import _Body
+from voicegw.api.schemas import RequestBody
 from voicegw.calls.campaign_calls import CampaignDialer, CampaignTarget, NoTrunk
 from voicegw.store import campaigns as store
 from voicegw.store import tenants
@@ -49,7 +49,7 @@ _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _TRUNK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class CampaignCreate(_Body):
+class CampaignCreate(RequestBody):
     id: str = Field(pattern=_ID, description="The campaign's id within the tenant (slug)")
     name: str = Field(min_length=1, max_length=200)
     trunk: str = Field(pattern=_TRUNK, description="Configured trunk its calls go out through")
@@ -59,7 +59,7 @@ class CampaignCreate(_Body):
     enabled: bool = True
 
 
-class CampaignPatch(_Body):
+class CampaignPatch(RequestBody):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     trunk: str | None = Field(default=None, pattern=_TRUNK)
     recording_mode: RecordingMode | None = Field(
@@ -68,7 +68,7 @@ class CampaignPatch(_Body):
     enabled: bool | None = None
 
 
-class CampaignCallCreate(_Body):
+class CampaignCallCreate(RequestBody):
     to: str = Field(min_length=3, max_length=32, description="Callee, E.164 (+<country><number>)")
 
 

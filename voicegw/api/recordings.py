@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from voicegw.api.admin import ADMINS, READERS, principal, scoped_tenant
 from voicegw.api.context import RECORDINGS, SESSIONS, RecordingVault
 from voicegw.api.errors import ApiError, not_found, parse_body
-from voicegw.api.schemas import _Body
+from voicegw.api.schemas import RequestBody
 from voicegw.recording.errors import ContainerError
 from voicegw.recording.export import (
     Export,
@@ -269,7 +269,7 @@ async def verify_recording(request: web.Request) -> web.Response:
     return web.json_response({"id": row.id, **result.to_json()})
 
 
-class HoldBody(_Body):
+class HoldBody(RequestBody):
     reason: str = Field(min_length=1, max_length=200, description="Why it must be kept")
 
 

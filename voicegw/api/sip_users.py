@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from voicegw.api.admin import ADMINS, READERS, principal, scoped_tenant
 from voicegw.api.context import SESSIONS, SIP_DOMAIN
 from voicegw.api.errors import ApiError, not_found, parse_body
-from voicegw.api.schemas import _Body
+from voicegw.api.schemas import RequestBody
 from voicegw.calls.sip_service import tenant_realm
 from voicegw.store import sip_accounts
 from voicegw.store.sip_accounts import CredentialRecord
@@ -18,7 +18,7 @@ from voicegw.store.sip_accounts import CredentialRecord
 MIN_PASSWORD = 12
 
 
-class SipUserCreate(_Body):
+class SipUserCreate(RequestBody):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=MIN_PASSWORD, max_length=128)
 
