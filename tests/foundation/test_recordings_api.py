@@ -39,13 +39,9 @@ from voicegw.consent import (
 from voicegw.recording.container import read_header
 from voicegw.recording.keys import KeyWrapper, LocalKeyring, PublicKeyProvider
 from voicegw.recording.metadata import persist_consent_decision
-from voicegw.recording.recorder import (
-    Recorder,
-    RecorderConfig,
-    recover_incomplete,
-    save_transcript,
-)
+from voicegw.recording.recorder import Recorder, RecorderConfig, recover_incomplete
 from voicegw.recording.storage import PARTIAL_SUFFIX, LocalFilesystemStorage
+from voicegw.recording.transcripts import save_transcript
 from voicegw.store import recordings as store
 from voicegw.store.models import AuditEvent
 

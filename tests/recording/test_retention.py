@@ -27,8 +27,9 @@ from voicegw.recording import retention
 from voicegw.recording.container import decrypt
 from voicegw.recording.keys import LocalKeyring
 from voicegw.recording.metadata import open_stored, persist_consent_decision, wrapped_key_of
-from voicegw.recording.recorder import Recorder, save_transcript
+from voicegw.recording.recorder import Recorder
 from voicegw.recording.storage import LocalFilesystemStorage
+from voicegw.recording.transcripts import save_transcript
 from voicegw.store import audit, tenants
 from voicegw.store import recordings as store
 from voicegw.store.models import AuditEvent

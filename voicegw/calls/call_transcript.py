@@ -1,25 +1,32 @@
-"""A live call's transcript, kept per party and stored encrypted when the call ends.
+"""A live call's transcript, per party, written encrypted while the call goes on.
 
 The consent flow runs one :class:`~voicegw.calls.transcription.CallTranscriber`
 per call (both parties, behind the call's consent gate) when the tenant has
-transcription on. :class:`CallTranscript` subscribes to it and keeps each final
-line; when the call is over :meth:`CallTranscript.store` writes one encrypted
-transcript per party through :func:`~voicegw.recording.recorder.save_transcript`
-(the same container, metadata and retention as recordings), linked to the
-decision that allowed that party's audio to be kept. A party with no allowing
-decision gets nothing stored, whatever the ASR heard (it cannot have heard
-anything: the gate kept the audio from it).
+transcription on. :class:`CallTranscript` subscribes to it and writes each
+final line into that party's encrypted transcript as it comes
+(:class:`~voicegw.recording.transcripts.TranscriptWriter`: the same container,
+metadata and retention as recordings), so a crash of the gateway mid-call
+loses at most the line being written; at hang-up it seals them.
+
+A party's transcript rests on the decision that allowed its audio to be kept
+(:meth:`CallTranscript.allow`, called once that decision is stored and
+audited). A line can only exist because the gate let the party's audio
+through, so its decision is already made; storing it takes a moment, and
+lines heard meanwhile wait in memory and are written as soon as it is stored.
+A party whose decision was never stored gets nothing written, whatever the
+ASR heard.
 
 Lines are timed in seconds from the call's first media frame (sample 0 of the
-call's recording), so a player can put them on the recording's timeline.
-Interim results are not kept: they are rewritten by the final that follows.
+call's recording, :attr:`CallTranscript.origin`), so a player can put them on
+the recording's timeline. Interim results are not kept: they are rewritten by
+the final that follows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,8 +36,8 @@ from voicegw.asr.base import TranscriptKind
 from voicegw.calls.transcription import TranscriptSubscription
 from voicegw.recording.errors import RecordingError
 from voicegw.recording.keys import KeyWrapper
-from voicegw.recording.recorder import save_transcript
 from voicegw.recording.storage import StorageBackend
+from voicegw.recording.transcripts import TranscriptWriter
 
 __all__ = ["MAX_LINES", "CallTranscript", "TranscriptTarget"]
 
@@ -38,6 +45,9 @@ log = logging.getLogger("voicegw.calls.call_transcript")
 
 #: Lines kept per party (about 8 hours of steady talk); later ones are counted, not kept.
 MAX_LINES: Final = 10_000
+
+#: What a failed transcript write can raise; the call goes on without that transcript.
+_STORE_ERRORS: Final = (RecordingError, SQLAlchemyError, OSError)
 
 
 @dataclass(frozen=True)
@@ -54,26 +64,69 @@ class TranscriptTarget:
     actor: str = "consent-flow"
 
 
-class CallTranscript:
-    """Final transcript lines of one call, per party (module docstring)."""
+@dataclass
+class _Party:
+    name: str
+    #: Final lines not yet written (times on the media clock).
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    lines: int = 0
+    #: Lines not written because writing this party's transcript failed.
+    lost: int = 0
+    record_id: int | None = None
+    writer: TranscriptWriter | None = None
+    failed: bool = False
+    #: One writer call at a time: lines and the decision arrive from different tasks.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def __init__(self) -> None:
-        self.lines: dict[str, list[dict[str, Any]]] = {}
+
+class CallTranscript:
+    """Final transcript lines of one call, per party, written as they come (module docstring)."""
+
+    def __init__(self, target: TranscriptTarget) -> None:
+        self.target = target
+        #: Media-clock time of the call's first frame: time zero of the stored lines.
+        self.origin: float | None = None
         self.language: str | None = None
         #: Final lines not kept because the party already had :data:`MAX_LINES`.
         self.overflow = 0
+        self._parties: dict[str, _Party] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def _party(self, name: str) -> _Party:
+        party = self._parties.get(name)
+        if party is None:
+            party = self._parties[name] = _Party(name)
+        return party
+
+    def allow(self, party: str, record_id: int) -> None:
+        """``party``'s audio may be kept from now on, under consent record ``record_id``.
+
+        The first allowing decision is the one the transcript rests on; lines
+        that were waiting for it are written now.
+        """
+        state = self._party(party)
+        if state.record_id is not None:
+            return
+        state.record_id = record_id
+        if state.pending:
+            task = asyncio.create_task(self._flush(state), name="transcript-flush")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
 
     async def collect(self, events: TranscriptSubscription) -> None:
-        """Keep every final line from ``events`` (times on the media clock) until they end."""
+        """Write every final line from ``events`` until they end."""
         async for event in events:
             if event.kind is not TranscriptKind.FINAL or not event.text.strip():
                 continue
-            kept = self.lines.setdefault(event.party, [])
-            if len(kept) >= MAX_LINES:
+            state = self._party(event.party)
+            if state.failed:
+                state.lost += 1
+                continue
+            if state.lines + len(state.pending) >= MAX_LINES:
                 self.overflow += 1
                 continue
             self.language = self.language or event.language
-            kept.append(
+            state.pending.append(
                 {
                     "start": event.start,
                     "end": event.end,
@@ -81,51 +134,108 @@ class CallTranscript:
                     "confidence": round(event.confidence, 3),
                 }
             )
+            await self._flush(state)
 
-    async def store(
-        self, target: TranscriptTarget, allowed: Mapping[str, int], origin: float
-    ) -> list[str]:
-        """One encrypted transcript per party that has lines and an allowing decision
-        (``allowed``: party -> that decision's consent record id); the stored ids.
-        ``origin`` (media clock) is time zero of the stored lines.
+    async def _flush(self, state: _Party) -> None:
+        async with state.lock:
+            if not state.pending or state.failed or state.record_id is None:
+                return
+            if self.origin is None:  # pragma: no cover - lines only follow frames
+                return
+            writer = state.writer
+            if writer is None:
+                writer = self._writer(state.name, state.record_id)
+                try:
+                    await writer.open()
+                except _STORE_ERRORS as exc:
+                    self._failed(state, "transcript not stored", exc)
+                    return
+                state.writer = writer
+            while state.pending:
+                line = state.pending[0]
+                try:
+                    await writer.append(_from(self.origin, line))
+                except _STORE_ERRORS as exc:
+                    self._failed(state, "transcript writing stopped", exc)
+                    return
+                state.pending.pop(0)
+                state.lines += 1
 
-        A party that fails to store is logged and skipped; the others are still stored.
+    def _writer(self, party: str, record_id: int) -> TranscriptWriter:
+        target = self.target
+        return TranscriptWriter(
+            target.sessions,
+            target.storage,
+            target.keys,
+            tenant_id=target.tenant_id,
+            call_id=target.call_id,
+            region=target.region,
+            party=party,
+            consent_record_id=record_id,
+            language=self.language,
+            actor=target.actor,
+            node=target.node,
+        )
+
+    def _failed(self, state: _Party, message: str, exc: BaseException) -> None:
+        state.failed = True
+        state.lost += len(state.pending)
+        state.pending.clear()
+        log.error(
+            message,
+            extra={
+                "call_id": self.target.call_id,
+                "party": state.name,
+                "error": type(exc).__name__,
+            },
+        )
+
+    async def finish(self) -> list[str]:
+        """Write what is still waiting and seal every party's transcript; the stored ids.
+
+        Run once the lines have ended (the subscription closed). A party whose
+        writing failed keeps what was sealed before the failure (``incomplete``).
         """
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         stored: list[str] = []
-        for party, lines in self.lines.items():
-            record_id = allowed.get(party)
-            if not lines or record_id is None:
+        for state in self._parties.values():
+            await self._flush(state)
+            if state.pending:  # no allowing decision was ever stored for this party
+                log.warning(
+                    "transcript lines without a stored decision not kept",
+                    extra={
+                        "call_id": self.target.call_id,
+                        "party": state.name,
+                        "lines": len(state.pending),
+                    },
+                )
+            if state.lost:
+                log.warning(
+                    "transcript lines lost to a failed write",
+                    extra={
+                        "call_id": self.target.call_id,
+                        "party": state.name,
+                        "lines": state.lost,
+                    },
+                )
+            if state.writer is None:
                 continue
             try:
-                row = await save_transcript(
-                    target.sessions,
-                    target.storage,
-                    target.keys,
-                    tenant_id=target.tenant_id,
-                    call_id=target.call_id,
-                    region=target.region,
-                    party=party,
-                    consent_record_id=record_id,
-                    segments=[_from(origin, line) for line in lines],
-                    language=self.language,
-                    actor=target.actor,
-                    node=target.node,
-                )
-            except (RecordingError, SQLAlchemyError, OSError) as exc:
+                await state.writer.finish()
+            except _STORE_ERRORS as exc:
                 log.error(
-                    "transcript not stored",
+                    "transcript not sealed",
                     extra={
-                        "call_id": target.call_id,
-                        "party": party,
+                        "call_id": self.target.call_id,
+                        "party": state.name,
                         "error": type(exc).__name__,
                     },
                 )
-                continue
-            stored.append(row.id)
+            stored.append(state.writer.transcript_id)
         if self.overflow:
             log.warning(
                 "transcript lines over the limit not kept",
-                extra={"call_id": target.call_id, "lines": self.overflow},
+                extra={"call_id": self.target.call_id, "lines": self.overflow},
             )
         return stored
 

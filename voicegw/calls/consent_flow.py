@@ -318,9 +318,7 @@ class ConsentFlow:
         #: The call's transcription (both parties, behind the gate) while the tenant has it on;
         #: the agent's page subscribes to it for live lines.
         self.transcriber: CallTranscriber | None = None
-        self.transcript = CallTranscript()
-        #: party -> consent record id of its latest decision that allows keeping its audio.
-        self._allowing: dict[str, int] = {}
+        self.transcript = CallTranscript(self._transcript_target())
         self._paused = False
         self._first_frame_time: float | None = None
         self._started = False
@@ -390,7 +388,7 @@ class ConsentFlow:
             finally:
                 # Whatever failed, the writer thread is told to seal the file and stop.
                 recording = await self.recorder.finish()
-        transcripts = await self._store_transcript()
+        transcripts = await self.transcript.finish() if self.transcriber is not None else []
         return ConsentOutcome(
             resolution=resolution,
             decisions=self._decisions(),
@@ -558,12 +556,9 @@ class ConsentFlow:
         )
         return transcriber if transcriber.active else None
 
-    async def _store_transcript(self) -> list[str]:
-        """Each party's final lines, encrypted, under the decision that let them be kept."""
-        if self.transcriber is None or self._first_frame_time is None:
-            return []
+    def _transcript_target(self) -> TranscriptTarget:
         config = self.services.recorder_config
-        target = TranscriptTarget(
+        return TranscriptTarget(
             self.services.sessions,
             self.services.storage,
             self.services.keys,
@@ -573,7 +568,6 @@ class ConsentFlow:
             node=config.node if config is not None else None,
             actor=self.config.actor,
         )
-        return await self.transcript.store(target, self._allowing, self._first_frame_time)
 
     def _answer_window_open(self, party: str) -> bool:
         caller = self._caller
@@ -629,7 +623,7 @@ class ConsentFlow:
         if len(caller) != len(agent):
             return  # not 8 kHz on both sides: the recorder's format cannot take it
         if self._first_frame_time is None:
-            self._first_frame_time = first.time
+            self._first_frame_time = self.transcript.origin = first.time
         self.recorder.feed(caller, agent, first.time)
 
     # --- decisions ------------------------------------------------------------------------
@@ -639,7 +633,7 @@ class ConsentFlow:
         while (decision := await self._pending.get()) is not None:
             stored = await self._store(decision)
             if decision.allows_recording:
-                self._allowing[decision.party] = stored.record_id
+                self.transcript.allow(decision.party, stored.record_id)
             is_caller = decision.party == self.config.caller_party
             if not (is_caller and decision.allows_recording and not self._started):
                 continue

@@ -36,13 +36,12 @@ import asyncio
 import contextlib
 import enum
 import hashlib
-import json
 import queue
 import secrets
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,7 +183,7 @@ def _in_own_thread(work: Callable[[], None], *, name: str) -> asyncio.Future[Non
     return done
 
 
-class _HashingSink:
+class HashingSink:
     """The container's sink: appends to storage and hashes the ciphertext on the way."""
 
     def __init__(self, handle: AppendHandle) -> None:
@@ -227,7 +226,8 @@ _RETENTION_FIELD = {
 }
 
 
-async def _retention_days(session: AsyncSession, tenant_id: str, kind: store.ObjectKind) -> int:
+async def retention_days(session: AsyncSession, tenant_id: str, kind: store.ObjectKind) -> int:
+    """The tenant's retention, in days, for objects of ``kind``."""
     tenant = await tenants.get_tenant(session, tenant_id)
     if tenant is None:
         raise ConsentNotPersistedError("unknown tenant")
@@ -284,7 +284,7 @@ class Recorder:
         self._closing = threading.Event()
         self._task: asyncio.Future[None] | None = None
         self._writer: ContainerWriter | None = None
-        self._sink: _HashingSink | None = None
+        self._sink: HashingSink | None = None
         self._failure: BaseException | None = None
         self.dropped_frames = 0
         self.storage_key: str | None = None
@@ -392,7 +392,7 @@ class Recorder:
             consent = await require_consent(
                 session, self.tenant_id, self.call_id, self.caller_party, consent_record_id
             )
-            days = await _retention_days(session, self.tenant_id, store.ObjectKind.RECORDING)
+            days = await retention_days(session, self.tenant_id, store.ObjectKind.RECORDING)
             row = store.Recording(
                 id=self.recording_id,
                 tenant_id=self.tenant_id,
@@ -434,8 +434,8 @@ class Recorder:
         # The row is committed: a crash from here on leaves something recovery finds.
         self.storage_key = key
 
-        def open_container() -> tuple[ContainerWriter, _HashingSink]:
-            sink = _HashingSink(self._storage.create(key))
+        def open_container() -> tuple[ContainerWriter, HashingSink]:
+            sink = HashingSink(self._storage.create(key))
             writer = ContainerWriter(
                 sink,
                 data_key=data_key,
@@ -597,113 +597,6 @@ class Recorder:
                     "error": type(self._failure).__name__ if self._failure else None,
                 },
             )
-
-
-# --- transcripts -------------------------------------------------------------------
-
-
-async def save_transcript(
-    sessions: async_sessionmaker[AsyncSession],
-    storage: StorageBackend,
-    keys: KeyWrapper,
-    *,
-    tenant_id: str,
-    call_id: str,
-    region: str,
-    party: str,
-    consent_record_id: int,
-    segments: Sequence[Mapping[str, Any]],
-    language: str | None = None,
-    transcript_id: str | None = None,
-    clock: Callable[[], datetime] = utc_now,
-    actor: str = "recorder",
-    detach_wrapped_key: bool = True,
-    node: str | None = None,
-) -> store.Transcript:
-    """Encrypt one party's transcript (JSON lines) into storage and store its row.
-
-    Same rules as a recording: the party's consent must be stored, audited and
-    allowing; the row is committed before the first byte; the text is sealed
-    in memory and only ciphertext reaches storage.
-    """
-    object_id = transcript_id or f"tx-{uuid.uuid4().hex}"
-    now = store.as_utc(clock())
-    key = recording_key(region, tenant_id, object_id, now)
-    data_key = new_data_key()
-    wrapped = await asyncio.to_thread(keys.wrap, tenant_id, data_key)
-    async with sessions() as session, session.begin():
-        consent = await require_consent(session, tenant_id, call_id, party, consent_record_id)
-        days = await _retention_days(session, tenant_id, store.ObjectKind.TRANSCRIPT)
-        row = await store.add_transcript(
-            session,
-            store.Transcript(
-                id=object_id,
-                tenant_id=tenant_id,
-                call_id=call_id,
-                party=party,
-                language=language,
-                segments=len(segments),
-                region=region,
-                storage_key=key,
-                format=metadata.TRANSCRIPT_FORMAT,
-                key_id=wrapped.key_id,
-                key_version=wrapped.version,
-                wrapped_key=wrapped.blob if detach_wrapped_key else None,
-                consent_record_id=consent.id,
-                created_at=now,
-                retain_until=now + timedelta(days=days),
-                legal_hold=False,
-                complete=False,
-                state=store.ObjectState.WRITING.value,
-                intervals=[],
-                node=node,
-            ),
-        )
-        await audit.append(
-            session,
-            actor=actor,
-            tenant_id=tenant_id,
-            action="transcript.start",
-            target=store.target_of(row),
-            details={"call_id": call_id, "party": party, "consent_record_id": consent.id},
-        )
-    body = b"".join(
-        json.dumps(segment, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        for segment in segments
-    )
-
-    def write() -> _HashingSink:
-        sink = _HashingSink(storage.create(key))
-        writer = ContainerWriter(
-            sink,
-            data_key=data_key,
-            wrapped_key=wrapped,
-            nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
-            detach_wrapped_key=detach_wrapped_key,
-        )
-        writer.write(body)
-        writer.finish()
-        sink.handle.finalize()
-        return sink
-
-    sink = await asyncio.to_thread(write)
-    async with sessions() as session, session.begin():
-        stored = await store.get_object(session, store.ObjectKind.TRANSCRIPT, tenant_id, object_id)
-        assert isinstance(stored, store.Transcript)
-        stored.complete = True
-        stored.state = store.ObjectState.FINISHED.value
-        stored.finished_at = store.as_utc(clock())
-        stored.size_bytes = sink.size
-        stored.ciphertext_sha256 = sink.sha256.hexdigest()
-        await audit.append(
-            session,
-            actor=actor,
-            tenant_id=tenant_id,
-            action="transcript.finish",
-            target=store.target_of(stored),
-            details={"size_bytes": sink.size, "ciphertext_sha256": stored.ciphertext_sha256},
-        )
-    return stored
 
 
 # --- crash recovery ----------------------------------------------------------------
