@@ -52,6 +52,7 @@ from voicegw.recording.storage import LocalFilesystemStorage, StorageBackend
 from voicegw.sip.timers import TimerConfig
 from voicegw.sip.transaction_layer import TransactionLayer
 from voicegw.sip.transport import ListenAddresses
+from voicegw.store import campaigns as store_campaigns
 from voicegw.store import migrate, sip_accounts, tenants
 from voicegw.store.db import create_engine, session_factory
 from voicegw.store.processing import ProcessingRecordWriter
@@ -208,6 +209,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     storage = LocalFilesystemStorage(settings.recordings_root)
     keyring = LocalKeyring(settings.key_dir)
     await recover_recordings(sessions, storage, keyring, node=settings.node_name)
+    async with sessions() as session, session.begin():
+        settled = await store_campaigns.settle_unfinished_calls(session, settings.node_name)
+    log.info("campaign.calls.settled", extra={"calls": settled})
     # The call layer's agent queues (skills, [[queues]] of the config), also the supervisor's.
     queue = AgentBridge(agents, AgentBridgeConfig(queues=queue_definitions(settings.queues)))
     app = create_app(
@@ -256,7 +260,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     phones.bind(calls)
     app[LIVE_CALLS].attach(calls, bridge=queue)  # the API's secure pause finds live calls
     # Campaign calls: out through the campaign's trunk, then the same consent + queue path.
-    campaign_dialer = CampaignDialer(calls, sip.trunks)
+    campaign_dialer = CampaignDialer(calls, sip.trunks, sessions=sessions, node=settings.node_name)
     app[CAMPAIGN_DIALER] = campaign_dialer
     sip_metrics = SipServiceCollector(sip)
     sip_metrics.register()

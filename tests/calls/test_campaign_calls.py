@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from voicegw.sip.message import SipRequest, make_response, parse_message
 from voicegw.sip.transaction import Destination
 from voicegw.sip.transport import ListenAddresses
 from voicegw.store import campaigns, tenants, tokens
+from voicegw.store.models import CampaignCall as CampaignCallRow
 from voicegw.tenant_settings import TenantSettings
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -87,6 +89,7 @@ class Node:
     api: TestClient  # type: ignore[type-arg]
     carrier: Carrier
     token: str
+    sessions: Sessions
     taken: asyncio.Queue[CallOffer] = field(default_factory=asyncio.Queue)
 
     async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
@@ -178,13 +181,15 @@ async def node(sessions: Sessions, tmp_path: Path) -> AsyncIterator[Node]:
     )
     calls.attach()
     app = create_app(sessions, tmp_path / "var", sip_domain=DOMAIN)
-    dialer = CampaignDialer(calls, service.trunks, answer_timeout=5.0)
+    dialer = CampaignDialer(
+        calls, service.trunks, sessions=sessions, node="node-a", answer_timeout=5.0
+    )
     app[CAMPAIGN_DIALER] = dialer
     api = TestClient(TestServer(app, host="127.0.0.1"))
     await service.start()
     await api.start_server()
     try:
-        yield Node(api, carrier, token, taken)
+        yield Node(api, carrier, token, sessions, taken)
     finally:
         await api.close()
         await dialer.close()
@@ -249,3 +254,73 @@ async def test_an_unknown_call_or_campaign_is_a_404(node: Node) -> None:
     assert (await node.request("GET", f"{base}/lost-trunk/calls/{placed['id']}"))[0] == 404
     assert (await node.dial("nope"))[0] == 404
     await node.settled("renewals", placed["id"])
+
+
+async def test_a_calls_status_is_stored_so_another_node_or_a_restart_can_read_it(
+    node: Node,
+) -> None:
+    node.carrier.final = 200
+    _, placed = await node.dial("renewals")
+    await asyncio.wait_for(node.taken.get(), TIMEOUT)
+    async with node.sessions() as session:  # answered: stored while the call is up
+        row = await campaigns.get_campaign_call(session, TENANT, placed["id"])
+    assert row is not None and row.state in ("answered", "ended")
+    settled = await node.settled("renewals", placed["id"])
+
+    # A node that placed nothing (another node behind the API, or this one restarted).
+    elsewhere = CampaignDialer(cast(SipCalls, None), TrunkTable([]), sessions=node.sessions)
+    seen = await elsewhere.lookup(TENANT, placed["id"])
+    assert seen is not None and seen.as_dict() == settled
+    assert await elsewhere.lookup("globex", placed["id"]) is None  # ids are per tenant
+    async with node.sessions() as session:
+        row = await campaigns.get_campaign_call(session, TENANT, placed["id"])
+    assert row is not None and row.node == "node-a"
+    assert CALLEE not in repr(vars(row)) and row.callee_masked.endswith("6789")
+
+
+async def test_at_start_up_a_node_settles_only_the_calls_it_left_unfinished(
+    sessions: Sessions,
+) -> None:
+    now = datetime.now(UTC)
+    calls = {
+        "a-dialling": ("node-a", "dialling"),
+        "a-answered": ("node-a", "answered"),
+        "a-failed": ("node-a", "failed"),
+        "b-dialling": ("node-b", "dialling"),  # another node's: it may be ringing right now
+    }
+    async with sessions.begin() as session:
+        await tenants.create_tenant(
+            session, actor="test", tenant_id=TENANT, name=TENANT, settings=TenantSettings()
+        )
+        for call_id, (owner, state) in calls.items():
+            await campaigns.save_campaign_call(
+                session,
+                CampaignCallRow(
+                    id=call_id,
+                    tenant_id=TENANT,
+                    campaign_id="renewals",
+                    callee_masked="+49*******789",
+                    state=state,
+                    created_at=now,
+                    updated_at=now,
+                    node=owner,
+                    failure_status=486 if state == "failed" else None,
+                    failure_reason="Busy Here" if state == "failed" else None,
+                ),
+            )
+    async with sessions.begin() as session:
+        assert await campaigns.settle_unfinished_calls(session, "node-a") == 2
+
+    elsewhere = CampaignDialer(cast(SipCalls, None), TrunkTable([]), sessions=sessions)
+    seen = {call_id: await elsewhere.lookup(TENANT, call_id) for call_id in calls}
+    assert {k: v.as_dict()["state"] for k, v in seen.items() if v} == {
+        "a-dialling": "failed",
+        "a-answered": "ended",
+        "a-failed": "failed",
+        "b-dialling": "dialling",
+    }
+    dialling, answered, failed = (seen[k] for k in ("a-dialling", "a-answered", "a-failed"))
+    assert dialling is not None and answered is not None and failed is not None
+    assert dialling.as_dict()["failure"] == {"status": 503, "reason": "Gateway restarted"}
+    assert answered.as_dict()["end_reason"] == "node-restarted"
+    assert failed.as_dict()["failure"] == {"status": 486, "reason": "Busy Here"}  # as it was

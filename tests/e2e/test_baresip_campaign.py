@@ -205,7 +205,7 @@ async def node(
         settings, service, sessions, agents, deps, queue=AgentBridge(agents)
     )
     app = create_app(sessions, tmp_path / "var", sip_domain=DOMAIN)
-    dialer = CampaignDialer(calls, service.trunks)
+    dialer = CampaignDialer(calls, service.trunks, sessions=sessions)
     app[CAMPAIGN_DIALER] = dialer
     api = TestClient(TestServer(app, host="127.0.0.1"))
     node = Node(api, token, calls, sessions, storage, keyring)

@@ -179,7 +179,7 @@ async def place_call(request: web.Request) -> web.Response:
         caller=f"sip:{user}@{request.app[SIP_DOMAIN]}",
     )
     try:
-        status = _dialer(request).start(target, number)
+        status = await _dialer(request).start(target, number)
     except NoTrunk:
         raise ApiError(
             409,
@@ -194,7 +194,7 @@ async def get_call(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         tenant = await scoped_tenant(request, session, ADMINS)
     call_id = request.match_info["call_id"]
-    found = _dialer(request).get(tenant.id, call_id)
+    found = await _dialer(request).lookup(tenant.id, call_id)
     if found is None or found.campaign_id != _campaign_id(request):
         raise not_found(f"call {call_id}")
     return web.json_response(found.as_dict())

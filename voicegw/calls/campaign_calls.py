@@ -17,14 +17,17 @@ rejecting are already over for it: they do nothing (a reject ends it with BYE).
 
 Each placed call has a :class:`CampaignCall` status (dialling, answered, ended,
 failed with the SIP status) that the admin API shows; numbers appear in it
-only masked.
+only masked. Every change is also stored (table ``campaign_calls``, the node's
+name on it), so a status can be read after the node that placed the call
+restarted, or through another node; at start-up a node settles the calls it
+left unfinished (:func:`~voicegw.store.campaigns.settle_unfinished_calls`).
+A failed status write is logged and the call goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import uuid
 from collections import OrderedDict
@@ -33,6 +36,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, cast
 
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from voicegw.calls.call_media import RtpCallMedia
 from voicegw.calls.call_types import CallFailed, EndReason
 from voicegw.calls.routing import Caller, CallerIdentity, Route, Service
@@ -40,6 +46,10 @@ from voicegw.calls.sip_calls import CallHandler, CallOffer, InboundCall, Outboun
 from voicegw.calls.trunks import Trunk, TrunkTable, place_trunk_call
 from voicegw.logs import mask_number
 from voicegw.media.clock import MediaClock
+from voicegw.store import campaigns as store
+from voicegw.store.campaigns import CampaignCallState
+from voicegw.store.models import CampaignCall as CampaignCallRow
+from voicegw.store.recordings import as_utc
 
 __all__ = [
     "CampaignCall",
@@ -58,13 +68,6 @@ _KEEP_FINISHED: Final = 1000
 DEFAULT_ANSWER_TIMEOUT: Final = 45.0
 #: Seconds to wait for the leg to end after our hang-up.
 _BYE_WAIT: Final = 32.0
-
-
-class CampaignCallState(enum.StrEnum):
-    DIALLING = "dialling"
-    ANSWERED = "answered"
-    ENDED = "ended"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,44 @@ class CampaignCall:
     failure: CallFailed | None = None
     end_reason: str | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @classmethod
+    def from_row(cls, row: CampaignCallRow) -> CampaignCall:
+        """A stored status (of a call this node no longer holds); settled, as stored."""
+        failure = (
+            None
+            if row.failure_status is None
+            else CallFailed(row.failure_status, row.failure_reason or "")
+        )
+        status = cls(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            campaign_id=row.campaign_id,
+            callee=row.callee_masked,
+            state=CampaignCallState(row.state),
+            created_at=as_utc(row.created_at),
+            sip_call_id=row.sip_call_id,
+            failure=failure,
+            end_reason=row.end_reason,
+        )
+        status.finished.set()
+        return status
+
+    def to_row(self, node: str | None) -> CampaignCallRow:
+        return CampaignCallRow(
+            id=self.id,
+            tenant_id=self.tenant_id,
+            campaign_id=self.campaign_id,
+            callee_masked=self.callee,
+            state=self.state.value,
+            created_at=self.created_at,
+            updated_at=datetime.now(UTC),
+            sip_call_id=self.sip_call_id,
+            failure_status=None if self.failure is None else self.failure.status,
+            failure_reason=None if self.failure is None else self.failure.reason[:128],
+            end_reason=self.end_reason,
+            node=node,
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -176,10 +217,15 @@ class CampaignDialer:
         trunks: TrunkTable,
         handler: CallHandler | None = None,
         *,
+        sessions: async_sessionmaker[AsyncSession],
+        node: str | None = None,
         answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
     ) -> None:
         self.calls = calls
         self.trunks = trunks
+        self.sessions = sessions
+        #: Stored on each status: start-up settles only this node's unfinished calls.
+        self.node = node
         #: Takes answered calls; None: the call layer's agent-queue service (what a tenant's
         #: numbers reach), looked up per call so a node wires it once.
         self.handler = handler
@@ -195,11 +241,23 @@ class CampaignDialer:
         return trunk
 
     def get(self, tenant_id: str, call_id: str) -> CampaignCall | None:
+        """A call this node placed and still holds in memory."""
         found = self._calls.get(call_id)
         return found if found is not None and found.tenant_id == tenant_id else None
 
-    def start(self, target: CampaignTarget, number: str) -> CampaignCall:
-        """Dial ``number`` (E.164, validated) for ``target``; returns at once (NoTrunk first)."""
+    async def lookup(self, tenant_id: str, call_id: str) -> CampaignCall | None:
+        """A call's status: this node's own, else as stored (another node, a restart)."""
+        found = self.get(tenant_id, call_id)
+        if found is not None:
+            return found
+        async with self.sessions() as session:
+            row = await store.get_campaign_call(session, tenant_id, call_id)
+        return None if row is None else CampaignCall.from_row(row)
+
+    async def start(self, target: CampaignTarget, number: str) -> CampaignCall:
+        """Dial ``number`` (E.164, validated) for ``target``; returns once the status is
+        stored, before the callee answers (NoTrunk first; a failed write raises and
+        nothing is dialled: a call nobody could follow is not placed)."""
         trunk = self.trunk_for(target)
         status = CampaignCall(
             id=uuid.uuid4().hex,
@@ -207,6 +265,8 @@ class CampaignDialer:
             campaign_id=target.campaign_id,
             callee=mask_number(number),
         )
+        async with self.sessions() as session, session.begin():
+            await store.save_campaign_call(session, status.to_row(self.node))
         self._remember(status)
         task = asyncio.create_task(self._run(status, target, trunk, number), name="campaign-call")
         self._tasks.add(task)
@@ -252,6 +312,7 @@ class CampaignDialer:
                 )
                 return
             status.state, status.sip_call_id = CampaignCallState.ANSWERED, result.id
+            await self._store(status)
             await self._answered(result, target, trunk, number)
             status.state = CampaignCallState.ENDED
             status.end_reason = None if result.end_reason is None else result.end_reason.value
@@ -267,7 +328,21 @@ class CampaignDialer:
             status.state = CampaignCallState.FAILED
             status.failure = CallFailed(500, "Gateway error")
         finally:
+            # Stored before the waiters hear of it; shielded, so a stopping node records
+            # how its calls ended.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._store(status))
             status.finished.set()
+
+    async def _store(self, status: CampaignCall) -> None:
+        try:
+            async with self.sessions() as session, session.begin():
+                await store.save_campaign_call(session, status.to_row(self.node))
+        except (SQLAlchemyError, OSError) as exc:
+            log.error(
+                "campaign call status not stored",
+                extra={"campaign_call": status.id, "error": type(exc).__name__},
+            )
 
     async def _answered(
         self, leg: OutboundCall, target: CampaignTarget, trunk: Trunk, number: str

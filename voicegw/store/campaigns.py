@@ -8,27 +8,32 @@ nothing outside its tenant.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicegw.consent.modes import RecordingMode
 from voicegw.store import audit
-from voicegw.store.models import Campaign
+from voicegw.store.models import Campaign, CampaignCall
 from voicegw.store.tenants import ConflictError
 
 __all__ = [
     "CAMPAIGN_ID",
+    "CampaignCallState",
     "CampaignChange",
     "campaign_modes",
     "create_campaign",
     "get_campaign",
+    "get_campaign_call",
     "list_campaigns",
+    "save_campaign_call",
+    "settle_unfinished_calls",
     "update_campaign",
 ]
 
@@ -154,3 +159,60 @@ async def campaign_modes(session: AsyncSession, tenant_id: str) -> dict[str, str
         Campaign.tenant_id == tenant_id, Campaign.recording_mode.is_not(None)
     )
     return {cid: mode for cid, mode in (await session.execute(query)).all() if mode is not None}
+
+
+# --- placed calls ------------------------------------------------------------------------
+
+
+class CampaignCallState(enum.StrEnum):
+    DIALLING = "dialling"
+    ANSWERED = "answered"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+#: What a call still dialling when its node stopped is reported as (a SIP status).
+RESTARTED_STATUS, RESTARTED_REASON = 503, "Gateway restarted"
+#: The end reason of an answered call whose node stopped under it.
+RESTARTED_END = "node-restarted"
+
+
+async def save_campaign_call(session: AsyncSession, row: CampaignCall) -> None:
+    """Insert or update a placed call's status (keyed by its id)."""
+    await session.merge(row)
+
+
+async def get_campaign_call(
+    session: AsyncSession, tenant_id: str, call_id: str
+) -> CampaignCall | None:
+    query = select(CampaignCall).where(
+        CampaignCall.tenant_id == tenant_id, CampaignCall.id == call_id
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def settle_unfinished_calls(session: AsyncSession, node: str) -> int:
+    """At ``node``'s start-up: its calls still dialling or answered died with it. A call
+    dialling is failed (503), an answered one ended; returns how many were settled.
+    Other nodes' calls are theirs: they may be live."""
+    now = datetime.now(UTC)
+    dialling = (
+        update(CampaignCall)
+        .where(CampaignCall.node == node, CampaignCall.state == CampaignCallState.DIALLING)
+        .values(
+            state=CampaignCallState.FAILED.value,
+            failure_status=RESTARTED_STATUS,
+            failure_reason=RESTARTED_REASON,
+            updated_at=now,
+        )
+    )
+    answered = (
+        update(CampaignCall)
+        .where(CampaignCall.node == node, CampaignCall.state == CampaignCallState.ANSWERED)
+        .values(state=CampaignCallState.ENDED.value, end_reason=RESTARTED_END, updated_at=now)
+    )
+    settled = 0
+    for statement in (dialling, answered):
+        result = await session.execute(statement)
+        settled += int(getattr(result, "rowcount", 0) or 0)
+    return settled

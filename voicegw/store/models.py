@@ -99,6 +99,29 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CampaignCall(Base):
+    """One call a campaign placed, as the scheduler polls it; kept so that its status
+    outlives the node that placed it (a restart, another node behind the API)."""
+
+    __tablename__ = "campaign_calls"
+    __table_args__ = (Index("ix_campaign_calls_node_state", "node", "state"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    #: Masked: the full number lives only in the dialling node's memory.
+    callee_masked: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sip_call_id: Mapped[str | None] = mapped_column(String(128))
+    failure_status: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(String(128))
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+    #: The node that placed it: start-up settles only its own unfinished calls.
+    node: Mapped[str | None] = mapped_column(String(64))
+
+
 class Call(Base):
     __tablename__ = "calls"
     __table_args__ = (Index("ix_calls_tenant_started", "tenant_id", "started_at"),)
