@@ -9,7 +9,7 @@ import secrets
 import signal
 import ssl
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -60,6 +60,9 @@ from voicegw.store.prompt_files import PromptLibrary
 from voicegw.tts.registry import default_tts_registry
 
 log = logging.getLogger("voicegw.server")
+
+#: Days a finished campaign call's status stays readable (the scheduler polls it for minutes).
+CAMPAIGN_CALL_DAYS = 30
 
 
 def webrtc_config(settings: Settings) -> WebRtcConfig:
@@ -176,18 +179,22 @@ async def recover_recordings(
 async def sweep_periodically(
     sessions: async_sessionmaker[AsyncSession], storage: StorageBackend, interval: float
 ) -> None:
-    """Retention and expired SIP bindings, every ``interval`` seconds; errors never stop it."""
+    """Retention, expired SIP bindings and old campaign call statuses, every ``interval``
+    seconds; errors never stop it."""
     while True:
         try:
             report = await retention.sweep(sessions, storage, now=datetime.now(UTC))
             async with sessions() as session, session.begin():
                 purged = await sip_accounts.purge_expired(session, time.time())
+                old = datetime.now(UTC) - timedelta(days=CAMPAIGN_CALL_DAYS)
+                calls = await store_campaigns.purge_finished_calls(session, old)
             log.info(
                 "retention.swept",
                 extra={
                     "deleted": len(report.items),
                     "failed": len(report.failures),
                     "sip_bindings_purged": purged,
+                    "campaign_calls_purged": calls,
                 },
             )
         except Exception:

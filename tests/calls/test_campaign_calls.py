@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -324,3 +324,9 @@ async def test_at_start_up_a_node_settles_only_the_calls_it_left_unfinished(
     assert dialling.as_dict()["failure"] == {"status": 503, "reason": "Gateway restarted"}
     assert answered.as_dict()["end_reason"] == "node-restarted"
     assert failed.as_dict()["failure"] == {"status": 486, "reason": "Busy Here"}  # as it was
+
+    # Statuses of calls long over go with the retention sweep; unfinished ones stay.
+    async with sessions.begin() as session:
+        purged = await campaigns.purge_finished_calls(session, now + timedelta(seconds=1))
+    assert purged == 3
+    assert [c for c in calls if await elsewhere.lookup(TENANT, c)] == ["b-dialling"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +32,7 @@ __all__ = [
     "get_campaign",
     "get_campaign_call",
     "list_campaigns",
+    "purge_finished_calls",
     "save_campaign_call",
     "settle_unfinished_calls",
     "update_campaign",
@@ -216,3 +217,14 @@ async def settle_unfinished_calls(session: AsyncSession, node: str) -> int:
         result = await session.execute(statement)
         settled += int(getattr(result, "rowcount", 0) or 0)
     return settled
+
+
+async def purge_finished_calls(session: AsyncSession, before: datetime) -> int:
+    """Delete the statuses of calls that ended or failed before ``before``: the scheduler
+    has long read them, and the table would otherwise grow with every call dialled."""
+    statement = delete(CampaignCall).where(
+        CampaignCall.state.in_([CampaignCallState.ENDED.value, CampaignCallState.FAILED.value]),
+        CampaignCall.updated_at < before,
+    )
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
