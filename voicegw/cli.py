@@ -460,9 +460,7 @@ def recordings_list(
         seconds = f"{row.duration_seconds:.1f}s" if row.duration_seconds is not None else "?"
         retain = store.as_utc(row.retain_until).date().isoformat()
         hold = "  HOLD" if row.legal_hold else ""
-        typer.echo(
-            f"{row.id}  {row.call_id}  {row.state}  {seconds}  retain until {retain}{hold}"
-        )
+        typer.echo(f"{row.id}  {row.call_id}  {row.state}  {seconds}  retain until {retain}{hold}")
     typer.echo(f"{len(rows)} recording(s)")
 
 

@@ -243,9 +243,7 @@ def settings_for(mode: RecordingMode, **more: Any) -> TenantSettings:
     )
 
 
-async def make_tenant(
-    sessions: async_sessionmaker[AsyncSession], settings: TenantSettings
-) -> None:
+async def make_tenant(sessions: async_sessionmaker[AsyncSession], settings: TenantSettings) -> None:
     async with sessions() as session, session.begin():
         await tenants.create_tenant(
             session, actor="test", tenant_id=TENANT, name=TENANT, settings=settings
@@ -603,14 +601,16 @@ async def test_all_party_consent_caller_is_asked_under_notify_and_number_overrid
         await tenants.add_number(
             session, actor="test", tenant_id=TENANT, number="+442079460000", recording_mode="opt_in"
         )
-    german_yes, german_silent, override_silent, local_silent = await all_calls((
-        gateway.call("de-yes", settings, B.ACCEPT, caller_number=CALLER_DE, dialled=line, seed=7),
-        gateway.call("de-silent", settings, B.SILENCE, caller_number=CALLER_DE, seed=8),
-        gateway.call(
-            "override-silent", settings, B.SILENCE, dialled="+442079460000", seed=9
-        ),
-        gateway.call("us-silent", settings, B.SILENCE, dialled=line, seed=10),
-    ))
+    german_yes, german_silent, override_silent, local_silent = await all_calls(
+        (
+            gateway.call(
+                "de-yes", settings, B.ACCEPT, caller_number=CALLER_DE, dialled=line, seed=7
+            ),
+            gateway.call("de-silent", settings, B.SILENCE, caller_number=CALLER_DE, seed=8),
+            gateway.call("override-silent", settings, B.SILENCE, dialled="+442079460000", seed=9),
+            gateway.call("us-silent", settings, B.SILENCE, dialled=line, seed=10),
+        )
+    )
     for result in (german_yes, german_silent):
         resolution = result.outcome.resolution
         assert (resolution.mode, resolution.rule.value, resolution.jurisdiction) == (
@@ -660,4 +660,3 @@ async def test_uploaded_prompt_file_is_played_and_its_hash_is_the_evidence(
             if r.party == "caller"
         ]
     assert record.prompt_sha256 == hashlib.sha256(wav.getvalue()).hexdigest()
-

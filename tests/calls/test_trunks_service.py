@@ -136,9 +136,7 @@ class Wire(asyncio.DatagramProtocol):
 @pytest.fixture
 async def wire() -> AsyncIterator[Wire]:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        Wire, local_addr=("127.0.0.1", 0)
-    )
+    transport, protocol = await loop.create_datagram_endpoint(Wire, local_addr=("127.0.0.1", 0))
     yield protocol
     transport.close()
 

@@ -18,8 +18,11 @@ class Engine:
 def engine(name: str) -> Engine:
     return Engine(
         ProviderCapabilities(
-            name=name, subprocessor_id=None, processing_locations=frozenset(),
-            purposes=frozenset({Purpose.ASR}), data_types=frozenset({DataType.AUDIO}),
+            name=name,
+            subprocessor_id=None,
+            processing_locations=frozenset(),
+            purposes=frozenset({Purpose.ASR}),
+            data_types=frozenset({DataType.AUDIO}),
             languages=frozenset({"en"}),
         )
     )

@@ -82,9 +82,7 @@ def test_allowing_cross_border_without_a_mechanism_is_still_refused() -> None:
 
 
 def test_adequacy_is_no_mechanism_for_a_destination_the_region_does_not_hold_adequate() -> None:
-    request = asr_request(
-        cross_border_allowed=True, transfer_mechanism=TransferMechanism.ADEQUACY
-    )
+    request = asr_request(cross_border_allowed=True, transfer_mechanism=TransferMechanism.ADEQUACY)
     assert codes(select_provider(request, [AZURE]), "azure") == [
         RefusalCode.NO_CROSS_BORDER_MECHANISM
     ]

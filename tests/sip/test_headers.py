@@ -21,6 +21,7 @@ from voicegw.sip.headers import (
 from voicegw.sip.uri import SipURI
 
 
+# fmt: off
 @pytest.mark.parametrize(
     ("sent", "canonical"),
     [
@@ -34,6 +35,7 @@ from voicegw.sip.uri import SipURI
 )
 def test_compact_and_case_variant_names_map_to_canonical(sent: str, canonical: str) -> None:
     assert canonical_name(sent) == canonical
+# fmt: on
 
 
 def test_headers_lookup_is_case_insensitive_and_compact_aware() -> None:

@@ -36,7 +36,7 @@ INVITE = (
     b"CSeq: 314159 INVITE\r\n"
     b"Timestamp: 54\r\n"
     b"Contact: <sip:alice@pc33.atlanta.example.com>\r\n"
-    b"P-Carrier-Odd: ;;weird,,value \"unbalanced\r\n"
+    b'P-Carrier-Odd: ;;weird,,value "unbalanced\r\n'
     b"Content-Type: application/sdp\r\n"
     b"Content-Length: 4\r\n"
     b"\r\n"
@@ -196,9 +196,7 @@ def test_limit_on_line_length() -> None:
 
 
 def test_default_limits() -> None:
-    assert SipLimits() == SipLimits(
-        max_message_size=65536, max_headers=256, max_line_length=8192
-    )
+    assert SipLimits() == SipLimits(max_message_size=65536, max_headers=256, max_line_length=8192)
 
 
 # --- make_response (RFC 3261 §8.2.6) ---------------------------------------------------------

@@ -33,9 +33,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "rfc4475"
 CAPTURES = Path(__file__).parent / "fixtures" / "captures"
 SEEDS = [p.read_bytes() for p in [*sorted(FIXTURES.glob("*.sip")), *sorted(CAPTURES.glob("*.sip"))]]
 SMALL_LIMITS = SipLimits(max_message_size=4096, max_headers=64, max_line_length=1024)
-FUZZ = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Bytes that matter to the grammar, so mutations hit interesting paths often.
 INTERESTING = b'\r\n \t:;,<>"\\%@[]=?/\x00\xff0123456789'
 

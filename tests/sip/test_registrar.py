@@ -114,9 +114,7 @@ def test_rfc3261_10_2_4_a_refresh_from_the_same_call_id_extends_the_binding() ->
     assert contacts_of(later) == {"sip:alice@10.0.0.1": "600"}
 
 
-def test_rfc3261_10_3_step7_same_call_id_and_lower_or_equal_cseq_fails_changing_nothing() -> (
-    None
-):
+def test_rfc3261_10_3_step7_same_call_id_and_lower_or_equal_cseq_fails_changing_nothing() -> None:
     first = run(register("<sip:alice@10.0.0.1>", cseq=5, expires=600))
     for cseq in (5, 4):
         stale = run(register("<sip:alice@10.0.0.1>", cseq=cseq, expires=0), first.bindings)

@@ -132,9 +132,7 @@ async def exchange(service: SipService, context: ssl.SSLContext, method: str) ->
     """One request over a fresh TLS connection from a Python ``ssl`` client; the response."""
     bound = service.transports.bound.tls
     assert bound is not None
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(*bound, ssl=context), TIMEOUT
-    )
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*bound, ssl=context), TIMEOUT)
     try:
         assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
         local_port = writer.get_extra_info("sockname")[1]
@@ -209,9 +207,7 @@ async def peer(certificate: Certificate) -> AsyncIterator[PeerServer]:
                 if isinstance(event, MessageReceived):
                     received.put_nowait(event.message)
 
-    server = await asyncio.start_server(
-        handle, "127.0.0.1", 0, ssl=certificate.server_context()
-    )
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=certificate.server_context())
     yield PeerServer(received, server)
     for writer in writers:
         writer.close()

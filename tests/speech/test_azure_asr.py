@@ -148,19 +148,25 @@ async def test_request_log_shows_the_key_header_and_nothing_but_protocol_and_aud
     assert standin.audio_bytes == len(pcm)  # exactly the audio pushed, once
 
 
-async def test_connection_refused_is_a_retryable_provider_error_within_seconds(
+async def test_connection_refused_is_a_retryable_provider_error_not_a_timeout(
     audio: Any,
 ) -> None:
-    stream = await adapter(f"ws://127.0.0.1:{free_port()}").open_stream(
+    # The SDK reports the refusal (a cancellation): flush fails at once instead of waiting
+    # out the session timeout, made long here so the two cannot be confused however busy
+    # the machine is.
+    settings = AzureSpeechSettings(
+        region="southeastasia", host=f"ws://127.0.0.1:{free_port()}", session_timeout=120.0
+    )
+    stream = await azure_asr(settings, SUBPROCESSORS).open_stream(
         language="en-US", sample_rate=RATE, party="caller"
     )
     started = time.monotonic()
     stream.push(audio.voiced_tone(0.2, RATE))
     with pytest.raises(ProviderError) as raised:
         await stream.flush()
-    assert raised.value.retryable and time.monotonic() - started < 5
+    assert raised.value.retryable and time.monotonic() - started < 60
     with pytest.raises(ProviderError):  # the consumer sees it too
-        await asyncio.wait_for(drain(stream), 5)
+        await asyncio.wait_for(drain(stream), 30)
     await stream.close()
 
 

@@ -20,9 +20,11 @@ def rms_dbfs(pcm: bytes) -> float:
 
 @pytest.mark.parametrize("rate", [8000, 16000])
 async def test_speech_is_loud_enough_and_as_long_as_the_words(rate: int) -> None:
-    pcm = await EspeakTts().synthesize(
-        "This call may be recorded for quality purposes.", sample_rate=rate
-    ).read_all()
+    pcm = (
+        await EspeakTts()
+        .synthesize("This call may be recorded for quality purposes.", sample_rate=rate)
+        .read_all()
+    )
     seconds = len(pcm) / 2 / rate
     assert 2.0 < seconds < 5.0
     assert rms_dbfs(pcm) > -30
@@ -90,7 +92,6 @@ def test_capabilities_declare_an_on_node_tts_engine() -> None:
     assert caps.purposes == frozenset({Purpose.TTS})
     assert caps.supports_language("en-US") and caps.supports_language("de")
     assert {8000, 16000} <= set(caps.sample_rates)
-
 
 
 def test_first_syntheses_racing_from_threads_share_one_engine() -> None:

@@ -129,4 +129,3 @@ class AgentLiveView:
                     text=event.text,
                     final=event.kind is TranscriptKind.FINAL,
                 )
-

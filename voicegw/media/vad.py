@@ -99,9 +99,7 @@ class _Frame:
 class VadSegmenter:
     """Per-party speech segmenter. ``push(frame, t)`` returns the events it caused."""
 
-    def __init__(
-        self, party: str, sample_rate: int, settings: VadSettings | None = None
-    ) -> None:
+    def __init__(self, party: str, sample_rate: int, settings: VadSettings | None = None) -> None:
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"sample rate must be one of {SAMPLE_RATES}, not {sample_rate}")
         self.party = party

@@ -30,6 +30,5 @@ class SipParseError(Exception):
 
     def __repr__(self) -> str:
         return (
-            f"SipParseError({self.reason!r}, status={self.status}, "
-            f"can_respond={self.can_respond})"
+            f"SipParseError({self.reason!r}, status={self.status}, can_respond={self.can_respond})"
         )

@@ -44,6 +44,7 @@ COMPACT_FORMS: dict[str, str] = {
 
 # Canonical spelling of names whose capitals are not simply title case.
 _CANONICAL_SPECIAL = ("Call-ID", "CSeq", "WWW-Authenticate", "MIME-Version", "RAck", "RSeq")
+# fmt: off
 _KNOWN_NAMES = (
     *COMPACT_FORMS.values(),
     *_CANONICAL_SPECIAL,
@@ -55,11 +56,13 @@ _KNOWN_NAMES = (
     "Timestamp", "Unsupported", "User-Agent", "Warning", "P-Asserted-Identity",
     "P-Preferred-Identity", "Privacy", "Diversion", "Replaces", "Subscription-State",
 )
+# fmt: on
 CANONICAL_NAMES: dict[str, str] = {name.lower(): name for name in _KNOWN_NAMES}
 
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1). Everything else —
 # notably WWW-Authenticate, Authorization, Date, From, To, User-Agent and any header we
 # do not know — is one value even when it contains commas.
+# fmt: off
 LIST_HEADERS = frozenset(
     name.lower()
     for name in (
@@ -70,8 +73,10 @@ LIST_HEADERS = frozenset(
         "Reason", "Accept-Contact", "Reject-Contact", "Request-Disposition",
     )
 )
+# fmt: on
 
 # Headers that may appear at most once (RFC 4475 §3.3.7 multi01, §3.3.6 mcl01).
+# fmt: off
 SINGLE_HEADERS = frozenset(
     name.lower()
     for name in (
@@ -79,6 +84,7 @@ SINGLE_HEADERS = frozenset(
         "Expires", "Date", "Min-Expires",
     )
 )
+# fmt: on
 
 REQUIRED_IN_REQUEST = ("Via", "From", "To", "Call-ID", "CSeq")
 REQUIRED_IN_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
@@ -315,7 +321,7 @@ class NameAddress:
             raw_uri, rest = (text, "") if semi < 0 else (text[:semi], text[semi:])
             raw_uri = raw_uri.rstrip(" \t")
             # RFC 3261 §20: a URI with ',', '?' or ';' must be in <> (RFC 4475 regbadct).
-            if any(c in raw_uri for c in ",? \t<>\""):
+            if any(c in raw_uri for c in ',? \t<>"'):
                 raise SipParseError("addr-spec needs <> around this URI")
         return cls(uri=parse_uri(raw_uri), display_name=display, params=grammar.parse_params(rest))
 
@@ -419,4 +425,3 @@ def parse_contacts(values: list[str]) -> list[NameAddress] | None:
     if values == ["*"]:
         return None
     return parse_name_addresses(values)
-

@@ -70,6 +70,7 @@ class SipLimits:
 DEFAULT_LIMITS: Final = SipLimits()
 
 # RFC 3261 §21 and the registry's common additions.
+# fmt: off
 REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
@@ -96,12 +97,17 @@ REASON_PHRASES: Final[dict[int, str]] = {
     580: "Precondition Failure", 600: "Busy Everywhere", 603: "Decline",
     604: "Does Not Exist Anywhere", 606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
 }
+# fmt: on
 
 
 # For codes without a registered phrase: the class name (RFC 3261 §21 headings).
 _CLASS_PHRASES: Final[dict[int, str]] = {
-    1: "Provisional", 2: "Successful", 3: "Redirection", 4: "Client Failure",
-    5: "Server Failure", 6: "Global Failure",
+    1: "Provisional",
+    2: "Successful",
+    3: "Redirection",
+    4: "Client Failure",
+    5: "Server Failure",
+    6: "Global Failure",
 }
 
 

@@ -88,9 +88,7 @@ class _Engine:
             job.deliver(ctypes.string_at(wav, count * 2))
         return 0
 
-    def synth(
-        self, text: str, voices: tuple[str, ...], words_per_minute: int, job: _Job
-    ) -> None:
+    def synth(self, text: str, voices: tuple[str, ...], words_per_minute: int, job: _Job) -> None:
         """Blocking: synthesise ``text`` with the first voice that exists; run in an executor."""
         with self.lock:
             if not any(self._lib.espeak_SetVoiceByName(v.encode()) == _EE_OK for v in voices):
@@ -174,9 +172,7 @@ class EspeakTts(TtsProvider):
         # A language tag names a voice directly ("en-us"), or through its primary subtag.
         voices = (voice,) if voice else (language.lower(), primary_language(language))
         source = self._produce(text, voices, job_holder)
-        return TtsStream(
-            source, source_rate=ESPEAK_RATE, sample_rate=sample_rate, on_cancel=stop
-        )
+        return TtsStream(source, source_rate=ESPEAK_RATE, sample_rate=sample_rate, on_cancel=stop)
 
     async def _produce(
         self, text: str, voices: tuple[str, ...], job_holder: list[_Job]
@@ -190,9 +186,7 @@ class EspeakTts(TtsProvider):
         job = _Job(deliver)
         job_holder.append(job)
         engine = await loop.run_in_executor(None, _engine)
-        work = loop.run_in_executor(
-            None, engine.synth, text, voices, self._words_per_minute, job
-        )
+        work = loop.run_in_executor(None, engine.synth, text, voices, self._words_per_minute, job)
         # Chunks were queued with call_soon_threadsafe before the future completes, so the
         # end marker lands after the last of them.
         work.add_done_callback(lambda _: chunks.put_nowait(None))
