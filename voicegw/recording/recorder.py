@@ -60,7 +60,7 @@ from voicegw.recording.container import (
     inspect,
 )
 from voicegw.recording.errors import ContainerError, ObjectNotFoundError, RecordingError
-from voicegw.recording.keys import KeyUnwrapper, KeyWrapper, new_data_key
+from voicegw.recording.keys import KeyUnwrapper, KeyWrapper, WrappedKey, new_data_key
 from voicegw.recording.storage import AppendHandle, StorageBackend, recording_key
 from voicegw.store import audit, tenants
 from voicegw.store import recordings as store
@@ -198,6 +198,33 @@ class HashingSink:
 
     def sync(self) -> None:
         self.handle.sync()
+
+
+def create_container(
+    storage: StorageBackend,
+    key: str,
+    data_key: bytes,
+    wrapped: WrappedKey,
+    *,
+    chunk_size: int,
+    fsync: FsyncPolicy = FsyncPolicy.ON_FINISH,
+    detach_wrapped_key: bool,
+) -> tuple[ContainerWriter, HashingSink]:
+    """A new storage object under ``key`` holding the container's header, and its writer.
+
+    Blocking (storage I/O): run it on a thread. Each container gets a fresh nonce prefix.
+    """
+    sink = HashingSink(storage.create(key))
+    writer = ContainerWriter(
+        sink,
+        data_key=data_key,
+        wrapped_key=wrapped,
+        nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
+        chunk_size=chunk_size,
+        fsync=fsync,
+        detach_wrapped_key=detach_wrapped_key,
+    )
+    return writer, sink
 
 
 @dataclass(frozen=True)
@@ -434,21 +461,17 @@ class Recorder:
         # The row is committed: a crash from here on leaves something recovery finds.
         self.storage_key = key
 
-        def open_container() -> tuple[ContainerWriter, HashingSink]:
-            sink = HashingSink(self._storage.create(key))
-            writer = ContainerWriter(
-                sink,
-                data_key=data_key,
-                wrapped_key=wrapped,
-                nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
+        try:
+            self._writer, self._sink = await asyncio.to_thread(
+                create_container,
+                self._storage,
+                key,
+                data_key,
+                wrapped,
                 chunk_size=self.config.chunk_size,
                 fsync=self.config.fsync,
                 detach_wrapped_key=self.config.detach_wrapped_key,
             )
-            return writer, sink
-
-        try:
-            self._writer, self._sink = await asyncio.to_thread(open_container)
         except BaseException:
             self._phase = _Phase.CLOSED
             await self._settle(complete=False, plaintext_bytes=0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -31,10 +30,16 @@ from typing import Any, Final
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.recording import metadata
-from voicegw.recording.container import NONCE_PREFIX_BYTES, ContainerWriter
+from voicegw.recording.container import ContainerWriter
 from voicegw.recording.errors import ObjectNotFoundError
 from voicegw.recording.keys import KeyWrapper, new_data_key
-from voicegw.recording.recorder import HashingSink, require_consent, retention_days, utc_now
+from voicegw.recording.recorder import (
+    HashingSink,
+    create_container,
+    require_consent,
+    retention_days,
+    utc_now,
+)
 from voicegw.recording.storage import StorageBackend, recording_key
 from voicegw.store import audit
 from voicegw.store import recordings as store
@@ -159,20 +164,16 @@ class TranscriptWriter:
             )
 
         # The row is committed: a crash from here on leaves something recovery finds.
-        def create() -> tuple[ContainerWriter, HashingSink]:
-            sink = HashingSink(self._storage.create(key))
-            writer = ContainerWriter(
-                sink,
-                data_key=data_key,
-                wrapped_key=wrapped,
-                nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
+        try:
+            self._writer, self._sink = await asyncio.to_thread(
+                create_container,
+                self._storage,
+                key,
+                data_key,
+                wrapped,
                 chunk_size=self._chunk_size,
                 detach_wrapped_key=self._detach,
             )
-            return writer, sink
-
-        try:
-            self._writer, self._sink = await asyncio.to_thread(create)
         except BaseException as exc:
             self._failure = exc
             await self._settle(complete=False)
