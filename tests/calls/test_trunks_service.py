@@ -147,8 +147,11 @@ SDP = (
 )
 
 
-async def invite(wire: Wire, node: Node, user: str, host: str = DOMAIN) -> SipResponse:
-    """Send an unauthenticated INVITE for ``sip:<user>@<host>``; its final response."""
+async def invite(
+    wire: Wire, node: Node, user: str, host: str = DOMAIN, extra: str = ""
+) -> SipResponse:
+    """Send an unauthenticated INVITE for ``sip:<user>@<host>`` (``extra``: header lines);
+    its final response."""
     assert wire.transport is not None
     port = wire.transport.get_extra_info("sockname")[1]
     uri = f"sip:{user}@{host}"
@@ -159,7 +162,7 @@ async def invite(wire: Wire, node: Node, user: str, host: str = DOMAIN) -> SipRe
         # A From naming the other tenant: the allow-list's tenant wins regardless.
         f"From: <sip:+14155550123@globex.{DOMAIN}>;tag=carrier\r\n"
         f"To: <{uri}>\r\nCall-ID: {new_branch()}@carrier\r\nCSeq: 1 INVITE\r\n"
-        f"Contact: <sip:carrier@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n"
+        f"Contact: <sip:carrier@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n{extra}"
         f"Content-Length: {len(SDP)}\r\n\r\n{SDP}"
     )
     wire.transport.sendto(text.encode(), ("127.0.0.1", node.port))
@@ -203,6 +206,29 @@ async def test_allow_listed_trunk_invite_reaches_its_tenants_number_as_that_trun
     call = await confirm_and_hang_up(wire, node, response)
     assert call.offer.route.tenant_id == "acme"
     assert call.offer.caller.tenant_id == "acme" and call.offer.caller.username == "carrier-a"
+
+
+@pytest.mark.parametrize(
+    ("require", "unsupported"),
+    [("100rel", "100rel"), ("timer, precondition", "precondition"), ("x-a,x-b", "x-a, x-b")],
+)
+async def test_an_invite_requiring_an_extension_we_lack_is_refused_420_naming_it(
+    node_factory: NodeFactory, wire: Wire, require: str, unsupported: str
+) -> None:
+    node = await node_factory(allow_list(LOOPBACK))
+    response = await invite(wire, node, ACME_NUMBER, extra=f"Require: {require}\r\n")
+    assert (response.status, response.headers.get("Unsupported")) == (420, unsupported)
+    assert node.offered.empty() and node.calls.calls == {}
+
+
+async def test_an_invite_requiring_session_timers_is_taken(
+    node_factory: NodeFactory, wire: Wire
+) -> None:
+    node = await node_factory(allow_list(LOOPBACK))
+    timers = "Require: timer\r\nSupported: timer\r\nSession-Expires: 1800\r\n"
+    response = await invite(wire, node, ACME_NUMBER, extra=timers)
+    assert response.status == 200 and response.headers.get("Session-Expires")
+    await confirm_and_hang_up(wire, node, response)
 
 
 @pytest.mark.parametrize(

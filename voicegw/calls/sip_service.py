@@ -70,6 +70,7 @@ from voicegw.sip.digest import (
     parse_credentials,
 )
 from voicegw.sip.edge import InboundScreen, SourceThrottled
+from voicegw.sip.headers import unsupported_options
 from voicegw.sip.message import SipMessage, SipRequest, SipResponse, make_response
 from voicegw.sip.registrar import (
     DEFAULT_POLICY,
@@ -105,6 +106,8 @@ log = logging.getLogger("voicegw.calls.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO"
 ACCEPT = "application/sdp"
+#: Option tags an INVITE may Require of us (RFC 4028 session timers); others get 420.
+INVITE_EXTENSIONS = frozenset({"timer"})
 MAX_REALMS = 1024
 
 
@@ -494,7 +497,7 @@ class SipService:
             invite = AuthenticatedRequest(
                 tid, request, source, trunk.tenant_id, trunk.trunk, "", "", trunk=trunk.trunk
             )
-            await self.on_invite(self, invite)
+            await self._invite(invite)
             return
         if (
             rule is Rule.AUTH_INVITE
@@ -512,9 +515,19 @@ class SipService:
         if rule is Rule.AUTH_REGISTER:
             await self._register(who)
         elif rule is Rule.AUTH_INVITE:
-            await self.on_invite(self, who)
+            await self._invite(who)
         else:
             self.respond(tid, make_response(request, 481))
+
+    async def _invite(self, invite: AuthenticatedRequest) -> None:
+        """A new call from an authenticated caller, unless it requires what we lack."""
+        unsupported = unsupported_options(invite.request.headers, INVITE_EXTENSIONS)
+        if unsupported:
+            # RFC 3261 §8.2.2.3; a carrier that asked for 100rel (PRACK) retries without it.
+            headers = (("Unsupported", ", ".join(unsupported)),)
+            self.respond(invite.transaction, make_response(invite.request, 420, headers=headers))
+            return
+        await self.on_invite(self, invite)
 
     # --- authentication -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from . import grammar
 from .errors import SipParseError
@@ -380,6 +380,20 @@ class CSeq:
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
+
+
+def unsupported_options(headers: Headers, supported: Collection[str]) -> list[str]:
+    """Option tags in ``Require`` that are not in ``supported`` (lower-case), as sent.
+
+    RFC 3261 §8.2.2.3: a UAS answers such a request 420 (Bad Extension) listing them in
+    ``Unsupported``, rather than going on as if it had the extension.
+    """
+    return [
+        tag
+        for value in headers.values("Require")
+        for tag in (t.strip() for t in value.split(","))
+        if tag and tag.lower() not in supported
+    ]
 
 
 def parse_call_id(value: str) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voicegw.sip.errors import SipParseError
-from voicegw.sip.headers import NameAddress
+from voicegw.sip.headers import NameAddress, unsupported_options
 from voicegw.sip.message import SipRequest, SipResponse, make_response
 from voicegw.sip.transaction import Destination
 from voicegw.sip.uri import URI, SipURI, parse_sip_uri
@@ -198,12 +198,7 @@ def _check_target(request: SipRequest, username: str, domain: str, policy: Regis
         raise ValueError("process_register needs a REGISTER")
     if not isinstance(request.uri, SipURI) or request.uri.host.lower() != domain.lower():
         raise _Refused(Refusal.NOT_OUR_DOMAIN)
-    unsupported = [
-        tag
-        for value in request.headers.values("Require")
-        for tag in (t.strip() for t in value.split(","))
-        if tag and tag.lower() not in policy.supported
-    ]
+    unsupported = unsupported_options(request.headers, policy.supported)
     if unsupported:
         raise _Refused(Refusal.UNSUPPORTED_EXTENSION, (("Unsupported", ", ".join(unsupported)),))
     to_uri = request.to.uri
