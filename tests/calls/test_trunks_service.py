@@ -152,6 +152,17 @@ async def invite(
 ) -> SipResponse:
     """Send an unauthenticated INVITE for ``sip:<user>@<host>`` (``extra``: header lines);
     its final response."""
+    wire.transport.sendto(invite_text(wire, user, host, extra), ("127.0.0.1", node.port))
+    while True:
+        message = await asyncio.wait_for(wire.messages.get(), TIMEOUT)
+        if isinstance(message, SipResponse) and message.status >= 200:
+            return message
+
+
+def invite_text(
+    wire: Wire, user: str, host: str = DOMAIN, extra: str = "", call_id: str | None = None
+) -> bytes:
+    """An INVITE as a carrier sends it, on a branch of its own."""
     assert wire.transport is not None
     port = wire.transport.get_extra_info("sockname")[1]
     uri = f"sip:{user}@{host}"
@@ -161,15 +172,11 @@ async def invite(
         "Max-Forwards: 70\r\n"
         # A From naming the other tenant: the allow-list's tenant wins regardless.
         f"From: <sip:+14155550123@globex.{DOMAIN}>;tag=carrier\r\n"
-        f"To: <{uri}>\r\nCall-ID: {new_branch()}@carrier\r\nCSeq: 1 INVITE\r\n"
+        f"To: <{uri}>\r\nCall-ID: {call_id or new_branch()}@carrier\r\nCSeq: 1 INVITE\r\n"
         f"Contact: <sip:carrier@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n{extra}"
         f"Content-Length: {len(SDP)}\r\n\r\n{SDP}"
     )
-    wire.transport.sendto(text.encode(), ("127.0.0.1", node.port))
-    while True:
-        message = await asyncio.wait_for(wire.messages.get(), TIMEOUT)
-        if isinstance(message, SipResponse) and message.status >= 200:
-            return message
+    return text.encode()
 
 
 async def confirm_and_hang_up(wire: Wire, node: Node, ok: SipResponse) -> InboundCall:
@@ -206,6 +213,27 @@ async def test_allow_listed_trunk_invite_reaches_its_tenants_number_as_that_trun
     call = await confirm_and_hang_up(wire, node, response)
     assert call.offer.route.tenant_id == "acme"
     assert call.offer.caller.tenant_id == "acme" and call.offer.caller.username == "carrier-a"
+
+
+async def test_the_same_invite_by_two_paths_is_one_call_and_the_copy_gets_482(
+    node_factory: NodeFactory, wire: Wire
+) -> None:
+    node = await node_factory(allow_list(LOOPBACK))
+    assert wire.transport is not None
+    call_id = new_branch()
+    for _ in range(2):  # same From tag, Call-ID and CSeq; each its own branch
+        wire.transport.sendto(
+            invite_text(wire, ACME_NUMBER, call_id=call_id), ("127.0.0.1", node.port)
+        )
+    finals: list[SipResponse] = []
+    while len(finals) < 2:
+        message = await asyncio.wait_for(wire.messages.get(), TIMEOUT)
+        if isinstance(message, SipResponse) and message.status >= 200:
+            finals.append(message)
+    assert sorted(r.status for r in finals) == [200, 482]
+    ok = next(r for r in finals if r.status == 200)
+    await confirm_and_hang_up(wire, node, ok)
+    assert node.offered.empty() and node.calls.calls == {}  # the one call, and no other
 
 
 @pytest.mark.parametrize(

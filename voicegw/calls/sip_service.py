@@ -56,7 +56,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -71,6 +71,7 @@ from voicegw.sip.digest import (
 )
 from voicegw.sip.edge import InboundScreen, SourceThrottled
 from voicegw.sip.headers import unsupported_options
+from voicegw.sip.merged import MergedRequests
 from voicegw.sip.message import SipMessage, SipRequest, SipResponse, make_response
 from voicegw.sip.registrar import (
     DEFAULT_POLICY,
@@ -86,7 +87,7 @@ from voicegw.sip.security import (
     SecurityEvent,
     source_key,
 )
-from voicegw.sip.transaction import Destination
+from voicegw.sip.transaction import Destination, State
 from voicegw.sip.transaction_layer import (
     CancelReceived,
     Outgoing,
@@ -106,6 +107,8 @@ log = logging.getLogger("voicegw.calls.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO"
 ACCEPT = "application/sdp"
+#: Server transaction states in which a merged copy of the request is refused (482).
+_OPEN_STATES: Final = frozenset({State.TRYING, State.PROCEEDING, State.ACCEPTED})
 #: Option tags an INVITE may Require of us (RFC 4028 session timers); others get 420.
 INVITE_EXTENSIONS = frozenset({"timer"})
 MAX_REALMS = 1024
@@ -273,6 +276,8 @@ class SipService:
         self.sessions = sessions
         self.bans = bans or BanList()
         self.layer = layer or TransactionLayer()
+        #: Out-of-dialog requests seen, to refuse a copy arriving by another path (482).
+        self.merged = MergedRequests()
         self.wall_clock = wall_clock
         self.on_invite = on_invite
         #: The call layer, once attached: in-dialog requests, CANCEL, our requests' fate.
@@ -423,6 +428,9 @@ class SipService:
             and self.dialogs.in_dialog(tid, request, source)
         ):
             return
+        if self.merged.is_merged(tid, request, self._still_open):
+            self._answer(tid, make_response(request, 482))
+            return
         rule = METHOD_RULES.get(request.method, Rule.NOT_IMPLEMENTED)
         if rule is Rule.ANSWER_OPTIONS:
             headers = (("Allow", ALLOW), ("Accept", ACCEPT))
@@ -440,6 +448,12 @@ class SipService:
             self._answer(tid, make_response(request, 503, headers=retry))
         else:
             self._spawn(self._authenticated(rule, tid, request, source), tid, request, source)
+
+    def _still_open(self, transaction: TransactionId) -> bool:
+        # Being answered, or answered 2xx (RFC 6026 Accepted): a copy now would be a second
+        # call. After a non-2xx final it is over for this purpose, which also spares
+        # phones that (against §22.2) resend a challenged request with the same CSeq.
+        return self.layer.state_of(transaction) in _OPEN_STATES
 
     def _turn(self, source: Destination) -> contextlib.AbstractAsyncContextManager[None]:
         return self.gate.turn(source.host, trusted=self._trusted(source))
