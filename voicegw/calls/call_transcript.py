@@ -69,7 +69,6 @@ class _Party:
     name: str
     #: Final lines not yet written (times on the media clock).
     pending: list[dict[str, Any]] = field(default_factory=list)
-    lines: int = 0
     #: Lines not written because writing this party's transcript failed.
     lost: int = 0
     record_id: int | None = None
@@ -77,6 +76,11 @@ class _Party:
     failed: bool = False
     #: One writer call at a time: lines and the decision arrive from different tasks.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def lines(self) -> int:
+        """Lines written."""
+        return 0 if self.writer is None else self.writer.lines
 
 
 class CallTranscript:
@@ -159,7 +163,6 @@ class CallTranscript:
                     self._failed(state, "transcript writing stopped", exc)
                     return
                 state.pending.pop(0)
-                state.lines += 1
 
     def _writer(self, party: str, record_id: int) -> TranscriptWriter:
         target = self.target

@@ -265,8 +265,7 @@ class CampaignDialer:
             campaign_id=target.campaign_id,
             callee=mask_number(number),
         )
-        async with self.sessions() as session, session.begin():
-            await store.save_campaign_call(session, status.to_row(self.node))
+        await self._save(status)
         self._remember(status)
         task = asyncio.create_task(self._run(status, target, trunk, number), name="campaign-call")
         self._tasks.add(task)
@@ -334,10 +333,14 @@ class CampaignDialer:
                 await asyncio.shield(self._store(status))
             status.finished.set()
 
+    async def _save(self, status: CampaignCall) -> None:
+        async with self.sessions() as session, session.begin():
+            await store.save_campaign_call(session, status.to_row(self.node))
+
     async def _store(self, status: CampaignCall) -> None:
+        """Save, and log a failure: the call goes on whether its status is stored or not."""
         try:
-            async with self.sessions() as session, session.begin():
-                await store.save_campaign_call(session, status.to_row(self.node))
+            await self._save(status)
         except (SQLAlchemyError, OSError) as exc:
             log.error(
                 "campaign call status not stored",

@@ -105,10 +105,6 @@ class TranscriptSubscription:
         except asyncio.QueueEmpty:
             return None
 
-    def __len__(self) -> int:
-        """Events queued and not yet read: how far the subscriber is behind."""
-        return self._queue.qsize()
-
     def __aiter__(self) -> TranscriptSubscription:
         return self
 

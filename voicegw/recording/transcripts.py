@@ -91,7 +91,6 @@ class TranscriptWriter:
         self.party = party
         self.consent_record_id = consent_record_id
         self.language = language
-        self.lines = 0
         #: Plaintext offset where each appended line ends: which lines a chunk seals.
         self._ends: list[int] = []
         self._sessions = sessions
@@ -105,6 +104,11 @@ class TranscriptWriter:
         self._writer: ContainerWriter | None = None
         self._sink: HashingSink | None = None
         self._failure: BaseException | None = None
+
+    @property
+    def lines(self) -> int:
+        """Lines appended so far."""
+        return len(self._ends)
 
     def __repr__(self) -> str:
         return (
@@ -192,7 +196,6 @@ class TranscriptWriter:
         except BaseException as exc:
             self._failure = exc
             raise
-        self.lines += 1
         self._ends.append((self._ends[-1] if self._ends else 0) + len(line))
 
     async def finish(self) -> store.Transcript:
@@ -220,8 +223,10 @@ class TranscriptWriter:
 
     def _whole_lines(self, complete: bool) -> int:
         """Lines the stored container holds whole: all, or those its sealed chunks cover."""
-        if complete or self._writer is None:
-            return self.lines if complete else 0
+        if complete:
+            return self.lines
+        if self._writer is None:
+            return 0
         sealed = self._writer.chunks_written * self._chunk_size
         return bisect.bisect_right(self._ends, sealed)
 
