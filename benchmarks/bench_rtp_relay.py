@@ -26,11 +26,24 @@ round, then the median over rounds. At the end a sample of the recordings is
 decrypted through the export reader and checked (length, both channels); the
 script exits non-zero if any check fails.
 
+The relay process runs with the garbage-collector settings of ``voicegw serve``
+(``voicegw.gc_tuning``). The legs' sockets are read by the media pump
+(``voicegw.media.pump``), whose C step relays the common packet; ``--python-step``
+turns the step off, so every packet goes through the Python path as before the pump
+(for comparison). "relayed by the C step" is the share of relayed packets it took.
+
+The far ends read their sockets once per 20 ms tick instead of sleeping on them. On
+loopback the kernel runs the receiver's side of every datagram inside the sender's
+``sendto``, wake-up of a sleeping receiver included; a real far end is on another host
+and costs the gateway nothing of the kind, so the generator does not make it pay for its
+own wake-ups (about 0.1-0.4 ms per call-second on these machines).
+
 Also printed: the sans-IO cost of the hot path alone (``leg.receive`` plus
 ``peer.relay`` per packet, no sockets), for comparison.
 
     .venv/bin/python benchmarks/bench_rtp_relay.py [--calls 100] [--duration 10]
         [--runs 3] [--uvloop] [--both-ways] [--taps] [--record [--verify 5]]
+        [--python-step]
 
 Traffic goes to 127.0.0.1 only. The sending windows together last about
 ``--duration`` seconds (with ``--record`` split over 3 × ``--runs`` windows);
@@ -47,6 +60,7 @@ import json
 import math
 import os
 import random
+import socket
 import statistics
 import sys
 import tempfile
@@ -55,7 +69,6 @@ import timeit
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
 from relay_recording import (
     RecordedCall,
@@ -69,9 +82,11 @@ from relay_recording import (
     verify_sample,
 )
 
+from voicegw.gc_tuning import tune_for_media
 from voicegw.media.clock import MediaClock
 from voicegw.media.codecs import PCMU
 from voicegw.media.ports import PortAllocator
+from voicegw.media.pump import MediaPump
 from voicegw.media.rtp import RtpPacket
 from voicegw.media.session import LegConfig, MediaLeg, RtpReceived, static_codecs
 from voicegw.media.taps import CallTap, TapConsumer
@@ -115,21 +130,27 @@ class Variant(enum.Enum):
     RECORD = "taps+recording"
 
 
-class Sink(asyncio.DatagramProtocol):
+class Sink:
+    """A far end's socket, read in each tick of the peers' clock rather than on arrival."""
+
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
         self.received = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not 192 <= data[1] <= 223:  # RTCP is not counted
-            self.received += 1
+    def drain(self) -> None:
+        recv = self.sock.recv
+        while True:
+            try:
+                data = recv(2048)
+            except BlockingIOError:
+                return
+            if not 192 <= data[1] <= 223:  # RTCP is not counted
+                self.received += 1
 
     def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
+        return int(self.sock.getsockname()[1])
 
 
 # -- the peers subprocess -------------------------------------------------------------
@@ -139,11 +160,8 @@ async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
     """Bind callers and callees, learn the legs' ports on stdin, send, report on stdout."""
     loop = asyncio.get_running_loop()
 
-    async def bind() -> Sink:
-        return (await loop.create_datagram_endpoint(Sink, local_addr=(HOST, 0)))[1]
-
-    callers = [await bind() for _ in range(calls)]
-    callees = [await bind() for _ in range(calls)]
+    callers = [Sink() for _ in range(calls)]
+    callees = [Sink() for _ in range(calls)]
     hello = {"callers": [c.port() for c in callers], "callees": [c.port() for c in callees]}
     print(json.dumps(hello))
     sys.stdout.flush()
@@ -159,18 +177,21 @@ async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
 
     def tick(index: int, _: float) -> None:
         nonlocal sent
+        for peer in callers + callees:
+            peer.drain()
         for side, (peers, targets, payload) in enumerate(talkers):
             for i, peer in enumerate(peers):
                 ssrc = ssrcs[side * calls + i]
                 packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrc, payload)
-                assert peer.transport is not None
-                peer.transport.sendto(bytes(packet), (HOST, targets[i]))
+                peer.sock.sendto(bytes(packet), (HOST, targets[i]))
             sent += calls
 
     clock = MediaClock()
     clock.subscribe(tick)
     await clock.run(ticks=round(seconds / 0.02))
     await asyncio.sleep(0.3)  # let the last packets through the relay
+    for peer in callers + callees:
+        peer.drain()
     skipped = clock.schedule.skipped if clock.schedule else 0
     received = sum(c.received for c in callees + callers)
     print(json.dumps({"sent": sent, "received": received, "skipped": skipped}))
@@ -210,14 +231,16 @@ async def relay_run(
     both_ways: bool,
     variant: Variant,
     record: RecordOptions | None = None,
+    c_step: bool = True,
 ) -> RunResult:
     """One window of ``variant`` with fresh calls (and, recording, a fresh node)."""
+    tune_for_media()  # the collector settings `serve` runs with
     node: RecordingNode | None = None
     if variant is Variant.RECORD:
         assert record is not None
         node = await RecordingNode.open(record.scratch)
     try:
-        return await _run_calls(calls, seconds, both_ways, variant, record, node)
+        return await _run_calls(calls, seconds, both_ways, variant, record, node, c_step)
     finally:
         if node is not None:
             await node.close()
@@ -230,6 +253,7 @@ async def _run_calls(
     variant: Variant,
     record: RecordOptions | None,
     node: RecordingNode | None,
+    c_step: bool,
 ) -> RunResult:
     loop = asyncio.get_running_loop()
     allocator = PortAllocator(HOST, 20000, 40000)
@@ -282,7 +306,9 @@ async def _run_calls(
         child.stdin.write(json.dumps(ports).encode() + b"\n")
         await child.stdin.drain()
         # A recorded call's notice went out on the caller's leg before: not relayed.
+        MediaPump.of(loop).relay_in_c = c_step
         before = sum(leg.leg.summary().packets_sent for leg in legs)
+        in_c_before = MediaPump.of(loop).counters()["relayed"]
         cpu0, wall0, loop0 = time.process_time(), time.perf_counter(), loop_thread_cpu()
         skipped0 = clock_skipped(clock)
         result = json.loads(await child.stdout.readline())
@@ -290,6 +316,7 @@ async def _run_calls(
         loop_cpu = loop_thread_cpu() - loop0
         clock_skips = clock_skipped(clock) - skipped0
         relayed = sum(leg.leg.summary().packets_sent for leg in legs) - before
+        relayed_in_c = MediaPump.of(loop).counters()["relayed"] - in_c_before
         if record is not None and recorded:
             await hang_up(recorded, clock, record.setup_timeout)
             sealed = True
@@ -324,6 +351,7 @@ async def _run_calls(
         {
             # Over the sending time: the drain after it adds CPU but no packets.
             "packets_per_s": relayed / seconds,
+            "c_step_share": relayed_in_c / max(1, relayed),
             "loss": 1.0 - result["received"] / max(1, result["sent"]),
             "cpu_us_per_packet": 1e6 * cpu / max(1, relayed),
             "cpu_ms_per_call_s": 1e3 * cpu / (calls * wall),
@@ -373,6 +401,7 @@ def print_single(args: argparse.Namespace, per_run: float, results: list[RunResu
     if args.taps:
         print(f"{'tap frames delivered':36} {100 * median('tap_frames'):11.1f}%")
     print(f"{'relay CPU share of one core':36} {100 * median('cpu_share'):11.1f}%")
+    print(f"{'relayed by the C step':36} {100 * median('c_step_share'):11.1f}%")
     print(f"{'generator ticks skipped (overload)':36} {median('generator_skipped_ticks'):12.0f}")
 
 
@@ -481,6 +510,11 @@ def main() -> None:
         "--verify", type=int, default=5, help="recordings per round read back (--record)"
     )
     parser.add_argument(
+        "--python-step",
+        action="store_true",
+        help="every packet through the Python path (the pump's C step off), for comparison",
+    )
+    parser.add_argument(
         "--role", choices=["relay", "peers"], default="relay", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -516,7 +550,16 @@ def main() -> None:
                     record = RecordOptions(
                         Path(scratch) / f"node-{run}", args.verify, 30.0 + 0.2 * args.calls
                     )
-                result = runner(relay_run(args.calls, per_run, args.both_ways, variant, record))
+                result = runner(
+                    relay_run(
+                        args.calls,
+                        per_run,
+                        args.both_ways,
+                        variant,
+                        record,
+                        c_step=not args.python_step,
+                    )
+                )
                 rounds.add(variant, result)
         if args.record:
             ok = print_rounds(args, per_run, rounds)

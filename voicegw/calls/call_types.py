@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from voicegw.media.session import DtmfReceived
 from voicegw.media.srtp import SrtpContext
-from voicegw.media.transport import LegTransport
 from voicegw.sip.offer_answer import NegotiatedAudio
 from voicegw.sip.sdp import Direction
 
@@ -97,19 +96,6 @@ def srtp_context(audio: NegotiatedAudio) -> SrtpContext | None:
     return SrtpContext.sdes(local.suite, local.key_salt, remote.key_salt)
 
 
-class CallLegTransport(LegTransport):
-    """A call leg's RTP sockets that go quiet while the call is held."""
-
-    held = False
-    held_drops = 0
-
-    def send_rtp(self, data: bytes) -> None:
-        if self.held:
-            self.held_drops += 1  # RFC 3264 §8.4: no media towards a recvonly/inactive peer
-            return
-        super().send_rtp(data)
-
-
 __all__ = [
     "ALLOW",
     "BYE_REASONS",
@@ -118,7 +104,6 @@ __all__ = [
     "CallEnded",
     "CallEvent",
     "CallFailed",
-    "CallLegTransport",
     "CallState",
     "EndReason",
     "HoldChanged",

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from voicegw.calls.call_types import SDP, CallFailed, CallLegTransport
+from voicegw.calls.call_types import SDP, CallFailed
 from voicegw.calls.routing import CallerIdentity
 from voicegw.media.ports import RtpPorts
 from voicegw.media.session import LegConfig, MediaLeg
+from voicegw.media.transport import LegTransport
 from voicegw.sip.dialog import Dialog
 from voicegw.sip.digest import CHALLENGE_HEADERS, AuthAttempt, AuthorizationHeader, DigestClient
 from voicegw.sip.message import SipRequest, SipResponse, new_branch
@@ -51,7 +52,7 @@ class CallProgress:
 
     status: int
     reason: str
-    early_media: CallLegTransport | None
+    early_media: LegTransport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class EarlyMedia:
         self.ports = ports
         self.on_progress = on_progress
         self.audio: NegotiatedAudio | None = None
-        self.transport: CallLegTransport | None = None
+        self.transport: LegTransport | None = None
         self._opening: asyncio.Task[None] | None = None
 
     def provisional(self, response: SipResponse) -> None:
@@ -99,8 +100,7 @@ class EarlyMedia:
         self._report(response)
 
     async def _open(self, response: SipResponse, config: LegConfig) -> None:
-        opened = await CallLegTransport.open(MediaLeg(config, self.calls.now()), self.ports)
-        assert isinstance(opened, CallLegTransport)
+        opened = await LegTransport.open(MediaLeg(config, self.calls.now()), self.ports)
         opened.held = True  # nothing of ours goes to the callee before the answer
         self.transport = opened
         self._report(response)
@@ -117,7 +117,7 @@ class EarlyMedia:
     def _is_sdp(response: SipResponse) -> bool:
         return (response.content_type or "").split(";")[0].strip().lower() == SDP
 
-    async def opened(self) -> CallLegTransport | None:
+    async def opened(self) -> LegTransport | None:
         if self._opening is not None:
             await self._opening
         return self.transport

@@ -55,7 +55,6 @@ from voicegw.calls.call_types import (
     CallEnded,
     CallEvent,
     CallFailed,
-    CallLegTransport,
     CallState,
     EndReason,
     HoldChanged,
@@ -78,7 +77,7 @@ from voicegw.media.clock import MediaClock
 from voicegw.media.codecs import codec_by_name
 from voicegw.media.ports import PortAllocator, PortsExhausted, RtpPorts
 from voicegw.media.session import DtmfReceived, LegConfig, MediaEvent, MediaLeg
-from voicegw.media.transport import wallclock_offset
+from voicegw.media.transport import LegTransport, wallclock_offset
 from voicegw.sip.dialog import AckWait, Dialog, DialogId, DialogState, glare_retry_delay
 from voicegw.sip.digest import DigestClient
 from voicegw.sip.headers import Headers
@@ -202,7 +201,7 @@ class CallLeg:
         identity: CallerIdentity | None,
         source: Destination,
         ports: RtpPorts,
-        transport: CallLegTransport,
+        transport: LegTransport,
         audio: NegotiatedAudio,
         local_sdp: SessionDescription,
         tag: str,
@@ -735,7 +734,7 @@ class InboundCall(CallLeg):
     """One inbound call leg. The service that takes it rings, answers or rejects it."""
 
     def __init__(
-        self, calls: SipCalls, call_id: str, setup: CallSetup, transport: CallLegTransport
+        self, calls: SipCalls, call_id: str, setup: CallSetup, transport: LegTransport
     ) -> None:
         super().__init__(
             calls,
@@ -847,7 +846,7 @@ class OutboundCall(CallLeg):
         identity: CallerIdentity | None,
         source: Destination,
         ports: RtpPorts,
-        transport: CallLegTransport,
+        transport: LegTransport,
         audio: NegotiatedAudio,
         local_sdp: SessionDescription,
     ) -> None:
@@ -1073,8 +1072,7 @@ class SipCalls:
             self.ports.release(ports)
             return CallFailed(488, "Not Acceptable Here")
         if transport is None:
-            opened = await CallLegTransport.open(MediaLeg(leg_config, self.now()), ports)
-            assert isinstance(opened, CallLegTransport)
+            opened = await LegTransport.open(MediaLeg(leg_config, self.now()), ports)
             transport = opened
         elif early.audio is not None and (audio.remote_address, audio.remote_port) != (
             early.audio.remote_address,
@@ -1232,12 +1230,11 @@ class SipCalls:
         tid, request, ports = setup.transaction, setup.invite, setup.ports
         try:
             leg = MediaLeg(leg_config, self.now())
-            transport = await CallLegTransport.open(leg, ports)
+            transport = await LegTransport.open(leg, ports)
         except OSError:
             self.ports.release(ports)
             self.service.respond(tid, make_response(request, 500))
             return
-        assert isinstance(transport, CallLegTransport)
         call = InboundCall(self, f"call-{next(self._ids)}", setup, transport)
         self.calls[call.id] = call
         self._by_invite[tid] = call
@@ -1366,7 +1363,6 @@ __all__ = [
     "CallFailed",
     "CallHandler",
     "CallLeg",
-    "CallLegTransport",
     "CallOffer",
     "CallProgress",
     "CallSetup",

@@ -22,6 +22,13 @@ for; when more than one frame above target has been queued for
 
 A new SSRC or a sequence jump beyond 3000 (a sender restart) resets the
 buffer; counters survive resets.
+
+:class:`JitterBuffer` is a C extension type (``_jitter.c``): it runs per packet and per
+tick of every tapped leg, where the Python version cost about 6 µs each.
+:class:`ReferenceJitterBuffer` below is its readable specification: the C type does
+the same steps in the same order and gives bit-for-bit the same frames, counters and
+delays (``tests/media/test_jitter_native.py`` runs both on generated scenarios and
+compares them after every operation). Change the behaviour here first, then in C.
 """
 
 from __future__ import annotations
@@ -33,13 +40,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rtp import RtpPacket, SequenceUnwrapper
+from ._jitter import JitterBuffer, _setup
+from .rtp import RtpError, RtpPacket, SequenceUnwrapper
 
 __all__ = [
     "Concealer",
     "JitterBuffer",
     "JitterCounters",
     "JitterFrame",
+    "ReferenceJitterBuffer",
     "pcm16_fade_concealer",
     "repeat_then_silence_concealer",
     "silence_concealer",
@@ -87,7 +96,12 @@ def pcm16_fade_concealer(
 @dataclass(frozen=True, slots=True)
 class JitterFrame:
     """One frame of playout. ``sequence_number``/``timestamp`` are the RTP ones (or the
-    expected ones for a concealed frame)."""
+    expected ones for a concealed frame).
+
+    The C buffer builds these by filling the five slots directly (what the dataclass
+    ``__init__`` does); it checks at import that this is still a plain slotted
+    dataclass with these fields in this order, and calls the class otherwise.
+    """
 
     payload: bytes
     sequence_number: int
@@ -98,7 +112,11 @@ class JitterFrame:
 
 @dataclass(slots=True)
 class JitterCounters:
-    """Running counts for metrics and the call record."""
+    """Running counts for metrics and the call record.
+
+    ``JitterBuffer.counters`` (the C type) is a new snapshot on every access: read it
+    again for current values; changing it changes nothing in the buffer.
+    """
 
     received: int = 0
     duplicates: int = 0
@@ -109,8 +127,17 @@ class JitterCounters:
     resets: int = 0
 
 
-class JitterBuffer:
-    """Reorders, de-duplicates and paces one RTP stream; conceals what is missing."""
+_setup(JitterFrame, JitterCounters, RtpError)
+
+
+class ReferenceJitterBuffer:
+    """Reorders, de-duplicates and paces one RTP stream; conceals what is missing.
+
+    The specification of the C :class:`JitterBuffer`, which behaves exactly like this
+    class (``push_rtp(data, now)`` there is ``push(RtpPacket.parse(data), now)``).
+    Production code uses :class:`JitterBuffer`; this one is for reading and for the
+    differential tests.
+    """
 
     def __init__(
         self,

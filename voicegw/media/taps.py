@@ -62,7 +62,9 @@ class TapClosed(Exception):
     """The consumer was closed and has no frames left."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per party per tick (a frozen dataclass takes four times as
+# long). Every consumer gets the same object: treat it as read-only all the same.
+@dataclass(slots=True)
 class TapFrame:
     """One party's 20 ms at media-clock tick ``index`` (``time``: the tick's deadline).
 

@@ -1,15 +1,23 @@
-"""asyncio UDP adapter for a :class:`~voicegw.media.session.MediaLeg`.
+"""Socket adapter for a :class:`~voicegw.media.session.MediaLeg`.
 
 It only moves bytes and time: datagrams from the RTP (and RTCP) socket go
 into ``leg.receive`` with the loop time, whatever the leg queues goes out,
 and one timer is re-armed at ``leg.next_deadline()``. All decisions are the
 leg's. Audio received on a leg that has a ``peer`` is relayed to the peer
-from inside ``datagram_received``, so the relay path has no queue, task
-switch or clock tick in it; everything else goes to ``on_event``.
+as it is read, so the relay path has no queue, task switch or clock tick in
+it; everything else goes to ``on_event``.
+
+The sockets are read by the loop's :class:`~voicegw.media.pump.MediaPump`,
+which relays the common packet itself (same codec, known source and stream)
+on the same objects and hands the rest to :meth:`LegTransport._datagram`.
+Sending is a plain non-blocking ``sendto``; a send that fails (a full socket
+buffer, an address we cannot reach) is counted in ``socket_errors``, never raised.
 
 With ``srtp`` set (SDES-SRTP), datagrams are authenticated and decrypted before
 the leg sees them (so forged packets cannot move the latch either) and
-protected just before each ``sendto``.
+protected just before each ``sendto``. While ``held`` (the far end put us on
+hold: RFC 3264 §8.4, no media towards a recvonly or inactive peer) nothing is
+sent; ``held_drops`` counts what was not.
 
 Works on the default loop and on uvloop alike (uvloop is optional).
 """
@@ -17,11 +25,12 @@ Works on the default loop and on uvloop alike (uvloop is optional).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
 
 from .ports import RtpPorts
+from .pump import MediaPump
 from .session import Address, MediaEvent, MediaLeg, RtpReceived
 from .srtp import SrtpContext
 
@@ -35,32 +44,13 @@ def wallclock_offset(loop: asyncio.AbstractEventLoop) -> float:
     return time.time() - loop.time()
 
 
-class _Socket(asyncio.DatagramProtocol):
-    __slots__ = ("_owner", "transport")
-
-    def __init__(self, owner: LegTransport) -> None:
-        self._owner = owner
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not a DatagramTransport subclass on every loop (CPython 3.11's selector one is not).
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._owner._datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like, reported on the next send: the far
-        # end is gone or not yet listening. Counted; the call decides on timeouts.
-        self._owner.socket_errors += 1
-
-
 class LegTransport:
     """One leg's sockets bound to its session. Create with :meth:`open`."""
 
     def __init__(
         self,
         leg: MediaLeg,
+        ports: RtpPorts,
         loop: asyncio.AbstractEventLoop,
         on_event: EventHandler | None = None,
     ) -> None:
@@ -69,12 +59,19 @@ class LegTransport:
         self.peer: LegTransport | None = None
         self.socket_errors = 0
         self.unsent = 0  # frames with nowhere to go yet (remote address unknown)
+        self.held = False
+        self.held_drops = 0
         #: Set when the call negotiated SDES-SRTP; None keeps the plain path untouched.
         self.srtp: SrtpContext | None = None
         self._loop = loop
         self._time = loop.time
-        self._rtp = _Socket(self)
-        self._rtcp: _Socket | None = None
+        self._pump = MediaPump.of(loop)
+        self._ports = ports
+        # The pump's relay step sends on the peer's socket by its descriptor.
+        self._fd = ports.rtp.fileno()
+        self._slots = [self._pump.register(ports.rtp, self, rtcp=False)]
+        if ports.rtcp is not None:
+            self._slots.append(self._pump.register(ports.rtcp, self, rtcp=True))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
@@ -84,29 +81,22 @@ class LegTransport:
         cls, leg: MediaLeg, ports: RtpPorts, on_event: EventHandler | None = None
     ) -> LegTransport:
         """Take over the bound sockets of ``ports`` (the transport closes them)."""
-        loop = asyncio.get_running_loop()
-        self = cls(leg, loop, on_event)
-        await loop.create_datagram_endpoint(lambda: self._rtp, sock=ports.rtp)
-        if ports.rtcp is not None:
-            self._rtcp = _Socket(self)
-            rtcp = self._rtcp
-            await loop.create_datagram_endpoint(lambda: rtcp, sock=ports.rtcp)
+        self = cls(leg, ports, asyncio.get_running_loop(), on_event)
         self._arm()
         return self
 
     # -- receive -------------------------------------------------------------
 
-    def _datagram(self, data: bytes, addr: Any) -> None:
-        # The per-packet path: keep it free of allocations and calls it does not need.
+    def _datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """A datagram the pump's relay step left to Python, read at ``now``."""
+        if self._closed:
+            return  # read in the same batch as what closed us
         srtp = self.srtp
         if srtp is not None:
             plain = srtp.unprotect(data)
             if plain is None:
                 return  # forged, replayed or garbled: counted in srtp.stats
             data = plain
-        now = self._time()
-        if len(addr) != 2:
-            addr = addr[:2]  # IPv6 sources come as 4-tuples; the leg compares (host, port)
         leg = self.leg
         events = leg.receive(data, addr, now)
         if events:
@@ -129,9 +119,12 @@ class LegTransport:
     # -- send ----------------------------------------------------------------
 
     def send_rtp(self, data: bytes) -> None:
+        # The pump's relay step (_pump.c) does the same for the packets it takes.
+        if self.held:
+            self.held_drops += 1
+            return
         addr = self.leg.remote_rtp
-        transport = self._rtp.transport
-        if addr is None or transport is None or self._closed:
+        if addr is None or self._closed:
             self.unsent += 1
             return
         if self.srtp is not None:
@@ -139,7 +132,15 @@ class LegTransport:
             if protected is None:
                 return
             data = protected
-        transport.sendto(data, addr)
+        self._send(self._ports.rtp, data, addr)
+
+    def _send(self, sock: socket.socket, data: bytes, addr: Address) -> None:
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            # ICMP unreachable reported on this send, a full buffer, an address of the
+            # other family: the far end is gone or wrong. Counted; the call decides.
+            self.socket_errors += 1
 
     def send_pcm(self, pcm: bytes, now: float | None = None) -> None:
         """Encode one 20 ms PCM frame with the leg's codec and send it."""
@@ -154,8 +155,8 @@ class LegTransport:
         self._arm()
 
     def _sendto(self, data: bytes, addr: Address, *, rtcp: bool) -> None:
-        sock = self._rtcp if rtcp and self._rtcp is not None else self._rtp
-        if sock.transport is None or self._closed:
+        sock = self._ports.rtcp if rtcp and self._ports.rtcp is not None else self._ports.rtp
+        if self._closed:
             return
         if self.srtp is not None:
             srtp = self.srtp
@@ -163,7 +164,7 @@ class LegTransport:
             if protected is None:
                 return
             data = protected
-        sock.transport.sendto(data, addr)
+        self._send(sock, data, addr)
 
     # -- timer ---------------------------------------------------------------
 
@@ -191,9 +192,7 @@ class LegTransport:
 
     @property
     def local_rtp(self) -> Address:
-        transport = self._rtp.transport
-        assert transport is not None
-        host, port = transport.get_extra_info("sockname")[:2]
+        host, port = self._ports.rtp.getsockname()[:2]
         return host, port
 
     def close(self) -> None:
@@ -211,6 +210,6 @@ class LegTransport:
             self._timer.cancel()
             self._timer = None
         self.peer = None
-        for sock in (self._rtp, self._rtcp):
-            if sock is not None and sock.transport is not None:
-                sock.transport.close()
+        for slot in self._slots:
+            self._pump.unregister(slot)
+        self._ports.close()
