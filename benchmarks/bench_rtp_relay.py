@@ -62,6 +62,7 @@ import os
 import random
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -115,6 +116,12 @@ ARRIVAL_GAP = 0.01
 SETUP_BATCH = 10
 
 
+#: Groups of calls sending at different offsets within each 20 ms frame (1 ms apart).
+PHASES = 20
+
+LATENCY_KEYS = ("latency_p50_ms", "latency_p99_ms", "jitter_p50_ms", "jitter_p99_ms")
+
+
 def clock_skipped(clock: MediaClock) -> int:
     return clock.schedule.skipped if clock.schedule is not None else 0
 
@@ -130,33 +137,67 @@ class Variant(enum.Enum):
     RECORD = "taps+recording"
 
 
+#: SO_TIMESTAMPNS (Linux): the kernel's receive time of each datagram, CLOCK_REALTIME.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+
+
 class Sink:
-    """A far end's socket, read in each tick of the peers' clock rather than on arrival."""
+    """A far end's socket, read in each tick of the peers' clock rather than on arrival.
+
+    With ``sent_at`` (the sending peer's send times, by tick index) every packet's
+    first 4 payload bytes carry its tick index, and the kernel stamps its arrival, so
+    latency and jitter through the gateway are exact however late the tick reads.
+    """
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((HOST, 0))
         self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.received = 0
+        self.sent_at: list[float] | None = None
+        self.latencies: list[float] = []
+        self.jitters: list[float] = []  # |transit(i) - transit(i-1)|, consecutive packets
+        self._last: tuple[int, float] | None = None
 
     def drain(self) -> None:
-        recv = self.sock.recv
+        recvmsg, space = self.sock.recvmsg, socket.CMSG_SPACE(_TIMESPEC.size)
         while True:
             try:
-                data = recv(2048)
+                data, ancillary, _, _ = recvmsg(2048, space)
             except BlockingIOError:
                 return
-            if not 192 <= data[1] <= 223:  # RTCP is not counted
-                self.received += 1
+            if 192 <= data[1] <= 223:  # RTCP is not counted
+                continue
+            self.received += 1
+            if self.sent_at is None or not ancillary:
+                continue
+            seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2][: _TIMESPEC.size])
+            index = struct.unpack_from("!I", data, 12)[0]
+            if index >= len(self.sent_at):
+                continue
+            transit = seconds + nanoseconds * 1e-9 - self.sent_at[index]
+            self.latencies.append(transit)
+            if self._last is not None and self._last[0] == index - 1:
+                self.jitters.append(abs(transit - self._last[1]))
+            self._last = (index, transit)
 
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
 
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 # -- the peers subprocess -------------------------------------------------------------
 
 
-async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
+async def run_peers(calls: int, seconds: float, both_ways: bool, tagged: bool) -> None:
     """Bind callers and callees, learn the legs' ports on stdin, send, report on stdout."""
     loop = asyncio.get_running_loop()
 
@@ -169,32 +210,55 @@ async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
     legs = json.loads(line)
     for peer in callers + callees:
         peer.received = 0  # a recorded call's notice played before: not relayed audio
-    talkers = [(callers, legs["a"], PAYLOAD)]
+    talkers = [(callers, callees, legs["a"], PAYLOAD)]
     if both_ways:
-        talkers.append((callees, legs["b"], CALLEE_PAYLOAD))
+        talkers.append((callees, callers, legs["b"], CALLEE_PAYLOAD))
     ssrcs = [random.getrandbits(32) for _ in range(2 * calls)]
+    ticks = round(seconds / 0.02)
+    if tagged:  # who hears whom: a callee hears its caller, a caller its callee
+        for senders, hearers, _, _ in talkers:
+            for sender, hearer in zip(senders, hearers, strict=True):
+                hearer.sent_at = sender.sent_at = [math.inf] * ticks
     sent = 0
 
-    def tick(index: int, _: float) -> None:
+    def send(index: int, phase: int) -> None:
         nonlocal sent
-        for peer in callers + callees:
-            peer.drain()
-        for side, (peers, targets, payload) in enumerate(talkers):
-            for i, peer in enumerate(peers):
+        for side, (senders, _, targets, payload) in enumerate(talkers):
+            if tagged:
+                payload = struct.pack("!I", index) + payload[4:]
+            for i in range(phase, calls, PHASES):
+                peer = senders[i]
                 ssrc = ssrcs[side * calls + i]
                 packet = RtpPacket(0, index & 0xFFFF, (index * 160) & 0xFFFFFFFF, ssrc, payload)
+                if peer.sent_at is not None:
+                    peer.sent_at[index] = time.time()
                 peer.sock.sendto(bytes(packet), (HOST, targets[i]))
-            sent += calls
+                sent += 1
+
+    def tick(index: int, deadline: float) -> None:
+        for peer in callers + callees:
+            peer.drain()
+        # Calls are not in step: each sends at its own phase of the 20 ms frame, as real
+        # phones do, rather than all in one burst per tick.
+        send(index, 0)
+        for phase in range(1, PHASES):
+            loop.call_at(deadline + phase * 0.02 / PHASES, send, index, phase)
 
     clock = MediaClock()
     clock.subscribe(tick)
-    await clock.run(ticks=round(seconds / 0.02))
+    await clock.run(ticks=ticks)
     await asyncio.sleep(0.3)  # let the last packets through the relay
     for peer in callers + callees:
         peer.drain()
     skipped = clock.schedule.skipped if clock.schedule else 0
     received = sum(c.received for c in callees + callers)
-    print(json.dumps({"sent": sent, "received": received, "skipped": skipped}))
+    latencies = [x for peer in callers + callees for x in peer.latencies]
+    jitters = [x for peer in callers + callees for x in peer.jitters]
+    report = {"sent": sent, "received": received, "skipped": skipped}
+    for name, values in (("latency", latencies), ("jitter", jitters)):
+        for q in (0.5, 0.99):
+            report[f"{name}_p{round(100 * q)}_ms"] = 1000 * percentile(values, q)
+    print(json.dumps(report))
     sys.stdout.flush()
 
 
@@ -202,8 +266,12 @@ async def run_peers(calls: int, seconds: float, both_ways: bool) -> None:
 
 
 async def meter(consumer: TapConsumer, stop: asyncio.Event) -> int:
-    """Drain a call's tap every 200 ms (the echo meter's rhythm); received-audio frames."""
+    """Drain a call's tap every 200 ms (the echo meter's rhythm); received-audio frames.
+
+    Calls do not start in the same millisecond, so neither do their consumers' rhythms:
+    each meter starts at a random point of its period."""
     heard = 0
+    await asyncio.sleep(random.uniform(0.0, 0.2))
     while not stop.is_set():
         await asyncio.sleep(0.2)
         heard += sum(1 for frame in consumer.drain() if not frame.filled)
@@ -259,6 +327,8 @@ async def _run_calls(
     allocator = PortAllocator(HOST, 20000, 40000)
     command = [sys.executable, __file__, "--role", "peers"]
     command += ["--calls", str(calls), "--duration", str(seconds)]
+    if variant is not Variant.RECORD:
+        command.append("--tagged")  # a recording keeps its tones whole for the read-back
     if both_ways:
         command.append("--both-ways")
     child = await asyncio.create_subprocess_exec(
@@ -359,6 +429,8 @@ async def _run_calls(
             # The rest ran on other threads: the recorders' writers (and nothing else here).
             "loop_share": loop_cpu / wall,
             "generator_skipped_ticks": float(result["skipped"]),
+            # Through the gateway, far end to far end (kernel stamps); NaN when not tagged.
+            **{key: float(result.get(key, math.nan)) for key in LATENCY_KEYS},
             # The gateway's own clock: a skipped tick is 20 ms no tap (or recording) saw.
             "clock_skipped_ticks": float(clock_skips) if tapped else math.nan,
             # Only the talking side's leg receives audio for its tap to decode.
@@ -403,6 +475,9 @@ def print_single(args: argparse.Namespace, per_run: float, results: list[RunResu
     print(f"{'relay CPU share of one core':36} {100 * median('cpu_share'):11.1f}%")
     print(f"{'relayed by the C step':36} {100 * median('c_step_share'):11.1f}%")
     print(f"{'generator ticks skipped (overload)':36} {median('generator_skipped_ticks'):12.0f}")
+    for name in ("latency", "jitter"):
+        p50, p99 = median(f"{name}_p50_ms"), median(f"{name}_p99_ms")
+        print(f"{f'added {name} p50 / p99 ms':36} {p50:6.2f} / {p99:.2f}")
 
 
 @dataclass
@@ -514,12 +589,13 @@ def main() -> None:
         action="store_true",
         help="every packet through the Python path (the pump's C step off), for comparison",
     )
+    parser.add_argument("--tagged", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--role", choices=["relay", "peers"], default="relay", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.role == "peers":
-        asyncio.run(run_peers(args.calls, args.duration, args.both_ways))
+        asyncio.run(run_peers(args.calls, args.duration, args.both_ways, args.tagged))
         return
     if not 1 <= args.calls <= 1000 or not 1 <= args.runs <= 20:
         parser.error("--calls must be 1..1000 and --runs 1..20")

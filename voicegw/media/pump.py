@@ -14,11 +14,12 @@ SRTP, transcoding, the first packets of a call) comes back here and goes to
 
 Under load the pump reads on a timer, every ``interval`` (1 ms), so one wake-up
 serves many packets and the loop's watch on the epoll descriptor is not
-changed per read (on uvloop that is two ``epoll_ctl`` calls and a handle); a
-read that finds nothing puts the watch back, so an idle pump wakes at the first
-packet. That adds at most ``interval`` to a packet's way through, well under a
-20 ms frame, and the RTP/RTCP arrival times it hands on are the read's (uvloop's
-clock has 1 ms steps anyway).
+changed per read (on uvloop that is two ``epoll_ctl`` calls and a handle); after
+``IDLE_READS`` reads in a row found nothing (20 ms: a frame time, so the gaps
+between the frames of steady calls do not count) it puts the watch back, so an
+idle pump wakes at the first packet. That adds at most ``interval`` to a packet's
+way through, well under a 20 ms frame, and the RTP/RTCP arrival times it hands on
+are the read's (uvloop's clock has 1 ms steps anyway).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = ["MediaPump"]
 
 #: Seconds between two reads under load: the batching, and the most it delays a packet.
 DEFAULT_INTERVAL: Final = 0.001
+#: Empty reads in a row after which the pump waits on the descriptor again.
+IDLE_READS: Final = 20
 
 
 class MediaPump:
@@ -50,6 +53,7 @@ class MediaPump:
         self._sockets = 0
         self._watching = False
         self._timer: asyncio.TimerHandle | None = None
+        self._empty_reads = 0
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> MediaPump:
@@ -130,7 +134,8 @@ class MediaPump:
         try:
             read = self.read(now)
         finally:  # whatever went wrong, the legs are read again
-            if self._sockets and read:
+            self._empty_reads = 0 if read else self._empty_reads + 1
+            if self._sockets and self._empty_reads < IDLE_READS:
                 # Busy: read again after the interval, whatever the descriptor says meanwhile.
                 if self._watching:
                     self._loop.remove_reader(self._fd)
