@@ -8,7 +8,9 @@ The caller pushes every RTP packet of one stream as it arrives and calls
   at playout time: first while waiting for it (a stall; if it then turns up,
   the buffer has grown one frame deeper), then, once as many later packets
   are queued as the target depth or we waited that long, giving it up as
-  lost and playing on (a slot already concealed is not concealed twice);
+  lost and playing on: one concealment frame for it, unless we stalled on it
+  already and the packet after it is there (that one plays at once: the
+  stalls filled the lost one's time);
 * ``None`` while (re)buffering, or after ``max_stall`` concealed frames with
   nothing arriving (end of a talkspurt with silence suppression): the caller
   plays its own silence / comfort noise then.
