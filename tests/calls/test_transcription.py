@@ -9,7 +9,7 @@ the pipeline; the recognition test runs the on-node PocketSphinx engine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -20,7 +20,7 @@ from voicegw.asr.base import AsrProvider, QueuedAsrStream, TranscriptEvent, Tran
 from voicegw.asr.pocketsphinx_local import PocketsphinxAsr
 from voicegw.asr.registry import AsrRegistry
 from voicegw.calls.speech_policy import CallSpeech, DisabledReason, SpeechFeature
-from voicegw.calls.transcription import CallTranscriber
+from voicegw.calls.transcription import CallTranscriber, SinksOpen
 from voicegw.consent import (
     CallContext,
     CaptureConfig,
@@ -144,7 +144,7 @@ def transcriber(
     records: list[ProcessingRecord],
     *,
     settings: TenantSettings = TRANSCRIBING,
-    sinks_open: Callable[[str], bool] = lambda party: True,
+    sinks_open: SinksOpen = lambda party, spoken_at=None: True,
     **options: object,
 ) -> CallTranscriber:
     return CallTranscriber.for_call(
@@ -237,6 +237,34 @@ async def test_secure_pause_discards_the_open_utterance_and_nothing_reaches_the_
     assert stats.discarded_utterances == 1
     assert stats.blocked_frames == pytest.approx((paused[1] - paused[0]) / 0.02, abs=1)
     assert [e.end <= paused[0] or e.start >= paused[1] for e in events] == [True, True]
+
+
+async def test_speech_from_before_a_post_dated_resume_never_reaches_the_asr() -> None:
+    # The caller talks through the pause and on past the agent's resume, which the
+    # consent flow post-dates on the media clock by the jitter buffer's delay.
+    speech = espeak("my card number is four one one one two two two two")
+    audio = silence(1.0) + speech + silence(1.0)
+    paused_at, resumed_at, guard = CALL_START + 0.5, CALL_START + 2.0, 0.24
+    gate = consenting_gate()
+    asr, records = KeepingAsr(), list[ProcessingRecord]()
+    target = transcriber(registry_of(asr), records, sinks_open=gate.sinks_open)
+    subscription = target.subscribe()
+    for i, frame in enumerate(frames(audio)):
+        now = CALL_START + i * 0.02
+        if paused_at <= now < paused_at + 0.02:
+            gate.pause_all(now)
+        if resumed_at <= now < resumed_at + 0.02:
+            gate.resume_all(now + guard)
+        target.push("caller", frame, now)
+        await asyncio.sleep(0)
+    await target.aclose()
+    events = await collect(subscription)
+
+    first_allowed = round((resumed_at + guard - CALL_START) / 0.02)
+    held_back = frames(audio)[round((paused_at - CALL_START) / 0.02) : first_allowed]
+    assert events and all(e.start >= resumed_at + guard - 1e-6 for e in events)
+    assert not any(frame in asr.received for frame in held_back if any(frame))
+    assert target.stats("caller").blocked_frames == first_allowed - 25
 
 
 async def test_pocketsphinx_grammar_hears_yes_i_agree_through_the_pipeline_at_8khz() -> None:

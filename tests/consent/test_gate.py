@@ -106,6 +106,19 @@ def test_pause_closes_every_sink_at_once_and_resume_reopens(gate: RecordingGate)
     assert gate.sinks_open("caller") and gate.sinks_open("agent")
 
 
+def test_a_post_dated_resume_keeps_audio_spoken_before_it_out_of_every_sink(
+    gate: RecordingGate,
+) -> None:
+    consent_granted_at(gate, 0.1)
+    gate.pause_all(1.0)
+    gate.resume_all(2.24)  # pressed at 2.0, post-dated by the jitter buffer's delay
+    assert gate.sinks_open("caller")
+    assert not gate.sinks_open("caller", 2.0) and not gate.sinks_open("caller", 2.22)
+    assert gate.sinks_open("caller", 2.24) and gate.sinks_open("agent", 2.3)
+    # The same stretch the recorder blanks.
+    assert pump(gate, "caller", 100, 113) == [bytes(2 * SAMPLES)] * 12 + [frame(112)]
+
+
 def test_withdrawal_of_one_party_leaves_the_other_recorded(gate: RecordingGate) -> None:
     consent_granted_at(gate, 0.1)
     gate.withdraw("caller", 0.3)

@@ -18,7 +18,7 @@ It ties the pure consent policy (:mod:`voicegw.consent`) to a live call
 4. every decision is stored and audited (``add_consent_record``) *before* the
    recorder is told to start, and the recorder itself re-checks that link;
 5. every frame of every party goes through one :class:`RecordingGate`: the
-   recorder admits through it, other sinks ask ``gate.sinks_open(party)``. A
+   recorder admits through it, other sinks ask ``gate.sinks_open(party, t)``. A
    withdrawal (key sequence or :meth:`ConsentFlow.withdraw`) and a secure
    pause (:meth:`ConsentFlow.pause`) act on the next frame and are audited.
 
@@ -284,7 +284,7 @@ class ConsentFlow:
         config: FlowConfig | None = None,
         frame_sinks: Sequence[FrameSink] = (),
     ) -> None:
-        """``frame_sinks`` get every tap frame and must ask ``flow.gate.sinks_open(party)``
+        """``frame_sinks`` get every tap frame and must ask ``flow.gate.sinks_open(party, t)``
         themselves (a :class:`CallTranscriber` built with ``sinks_open=flow.gate.sinks_open``
         does, and drops the utterance in progress when the gate closes)."""
         self.media = media
@@ -569,7 +569,9 @@ class ConsentFlow:
             actor=self.config.actor,
         )
 
-    def _answer_window_open(self, party: str) -> bool:
+    def _answer_window_open(self, party: str, spoken_at: float | None = None) -> bool:
+        # Purpose-bound by the question's state alone: an answer the caller starts
+        # before the prompt ends still answers it.
         caller = self._caller
         return (
             party == self.config.caller_party and caller is not None and caller.state in _ANSWERABLE

@@ -17,11 +17,12 @@ up to the VAD's hang-over of trailing non-speech is, since it is sent before the
 VAD knows it is trailing. A gate that closes mid-utterance stops the audio at
 once and ends the utterance there (what was sent was allowed when spoken).
 
-The consent gate is asked for every frame (``sinks_open(party)``). While it is
-closed — secure pause, withdrawal, a party without consent — frames are not
-even classified, an utterance in progress is discarded (never flushed), and
-segments queued but not yet sent are dropped, so no audio reaches the ASR until
-the gate opens again. The segmenter restarts afresh then: pre-roll never
+The consent gate is asked for every frame by the frame's media time, as the
+recorder is (``sinks_open(party, t)``). While it is closed — secure pause,
+withdrawal, a party without consent, audio from before a post-dated resume —
+frames are not even classified, an utterance in progress is discarded (never
+flushed), and segments queued but not yet sent are dropped, so no audio reaches
+the ASR until the gate opens again. The segmenter restarts afresh then: pre-roll never
 carries audio from before the pause. A final for a segment that was sent while
 the gate was open may still arrive during the pause; it is delivered, since the
 speech it covers was allowed when it was spoken.
@@ -41,6 +42,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from voicegw.asr.base import AsrProvider, AsrStream, TranscriptEvent
 from voicegw.asr.failover import FailoverAsr
@@ -68,8 +70,13 @@ __all__ = [
 
 log = logging.getLogger("voicegw.calls.transcription")
 
-#: ``party -> may a sink take this party's audio right now`` (``RecordingGate.sinks_open``).
-SinksOpen = Callable[[str], bool]
+
+class SinksOpen(Protocol):
+    """``RecordingGate.sinks_open``: may a sink take ``party``'s audio right now, and
+    (given ``spoken_at``, a frame's media time) was that audio allowed when spoken."""
+
+    def __call__(self, party: str, spoken_at: float | None = None, /) -> bool: ...
+
 
 _PUSH_MS = 20  # segments go to the provider in frames of this size, as a live stream would
 _SPANS_KEPT = 64  # segments whose stream→call time mapping is kept for late events
@@ -308,7 +315,7 @@ class CallTranscriber:
             return
         p.stats.frames += 1
         p.last_t = t
-        if not self._sinks_open(party):
+        if not self._sinks_open(party, t):
             if p.gate_open:
                 self._discard(p)
             p.stats.blocked_frames += 1

@@ -79,10 +79,21 @@ class RecordingGate:
 
     # --- sinks -----------------------------------------------------------------
 
-    def sinks_open(self, party: str) -> bool:
-        """Whether any sink may take this party's audio or text right now."""
+    def sinks_open(self, party: str, spoken_at: float | None = None) -> bool:
+        """Whether any sink may take this party's audio or text right now.
+
+        With ``spoken_at`` (a frame's media time) the audio must also have been
+        allowed when it was spoken, as :meth:`admit` asks for the recording: an
+        input that opens the gate (a "yes", a resume) is post-dated on the media
+        clock by the jitter buffer's delay, and the frames still in the buffer
+        from before it stay out of every sink, not only out of the file.
+        """
         machine = self.machine(party)
-        return machine is not None and machine.may_record_now()
+        return (
+            machine is not None
+            and machine.may_record_now()
+            and (spoken_at is None or machine.may_record(spoken_at))
+        )
 
     def admit(self, party: str, frame: bytes, t: float) -> bytes:
         """``frame`` if it may be recorded, else silence of the same length."""
