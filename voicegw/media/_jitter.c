@@ -30,6 +30,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_rtp_view.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -702,40 +704,12 @@ static PyObject *JitterBuffer_push_rtp(JitterBuffer *self, PyObject *const *args
     }
     if (get_now(args[1], &now) < 0)
         return NULL;
-    /* RtpPacket.parse, check for check. */
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-    if (n < 12)
-        return rtp_error("RTP packet length is less than 12 bytes");
-    unsigned first = d[0], second = d[1];
-    if (first >> 6 != 2)
-        return rtp_error("RTP packet has invalid version");
-    int64_t seq = ((int64_t)d[2] << 8) | d[3];
-    int64_t ts = ((int64_t)d[4] << 24) | ((int64_t)d[5] << 16) | ((int64_t)d[6] << 8) | d[7];
-    int64_t ssrc =
-        ((int64_t)d[8] << 24) | ((int64_t)d[9] << 16) | ((int64_t)d[10] << 8) | d[11];
-    Py_ssize_t pos = 12, end = n;
-    unsigned cc = first & 0x0F;
-    if (cc) {
-        pos += 4 * (Py_ssize_t)cc;
-        if (pos > end)
-            return rtp_error("RTP packet has truncated CSRC list");
-    }
-    if (first & 0x10) {
-        if (pos + 4 > end)
-            return rtp_error("RTP packet has truncated extension header");
-        Py_ssize_t words = ((Py_ssize_t)d[pos + 2] << 8) | d[pos + 3];
-        pos += 4;
-        if (pos + 4 * words > end)
-            return rtp_error("RTP packet has truncated extension");
-        pos += 4 * words;
-    }
-    if (first & 0x20) {
-        Py_ssize_t padding = d[n - 1];
-        if (padding == 0 || pos + padding > end)
-            return rtp_error("RTP packet padding length is invalid");
-        end -= padding;
-    }
+    RtpView rtp;
+    const char *error = rtp_view(d, (size_t)PyBytes_GET_SIZE(data), &rtp);
+    if (error != NULL)
+        return rtp_error(error);
+    int64_t seq = rtp.seq, ts = rtp.timestamp, ssrc = rtp.ssrc;
     int64_t ext;
     int go = jb_push_head(self, ssrc, seq, &ext);
     if (go <= 0)
@@ -744,10 +718,11 @@ static PyObject *JitterBuffer_push_rtp(JitterBuffer *self, PyObject *const *args
     entry.ext = ext;
     entry.seq = seq;
     entry.ts = ts;
-    entry.payload = PyBytes_FromStringAndSize((const char *)d + pos, end - pos);
+    entry.payload = PyBytes_FromStringAndSize((const char *)d + rtp.payload_start,
+                                              (Py_ssize_t)(rtp.payload_end - rtp.payload_start));
     if (entry.payload == NULL)
         return NULL;
-    entry.marker = Py_NewRef((second & 0x80) ? Py_True : Py_False);
+    entry.marker = Py_NewRef(rtp.marker ? Py_True : Py_False);
     if (jb_push_tail(self, &entry, now) < 0)
         return NULL;
     Py_RETURN_NONE;

@@ -35,6 +35,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_rtp_view.h"
+
 #define BATCH 32          /* datagrams per recvmmsg */
 #define ROUNDS 4          /* recvmmsg calls per ready socket and poll: fairness */
 #define MAX_EVENTS 512    /* ready sockets per epoll_wait */
@@ -492,31 +494,13 @@ typedef struct {
  */
 static int step(Pump *self, Entry *e, const unsigned char *d, size_t n,
                 const struct sockaddr_storage *from, double now) {
-    if (e->rtcp || n < 12)
+    RtpView rtp;
+    /* RTCP (RFC 5761 §4: types 192-223 where RTP has M+PT) and malformed RTP are Python's. */
+    if (e->rtcp || n < 2 || (d[1] >= 192 && d[1] <= 223) || rtp_view(d, n, &rtp) != NULL)
         return 0;
-    unsigned b0 = d[0], b1 = d[1];
-    if ((b0 >> 6) != 2 || (b1 >= 192 && b1 <= 223))
-        return 0;
-    size_t pos = 12 + 4 * (b0 & 0x0F), end = n;
-    if (b0 & 0x10) {
-        if (pos + 4 > end)
-            return 0;
-        pos += 4 + 4 * (size_t)((d[pos + 2] << 8) | d[pos + 3]);
-        if (pos > end)
-            return 0;
-    }
-    if (pos > end)
-        return 0;
-    if (b0 & 0x20) {
-        size_t pad = d[n - 1];
-        if (pad == 0 || pos + pad > end)
-            return 0;
-        end -= pad;
-    }
-    unsigned pt = b1 & 0x7F, marker = b1 >> 7;
-    uint32_t seq = (d[2] << 8) | d[3];
-    uint32_t ts = ((uint32_t)d[4] << 24) | (d[5] << 16) | (d[6] << 8) | d[7];
-    uint32_t ssrc = ((uint32_t)d[8] << 24) | (d[9] << 16) | (d[10] << 8) | d[11];
+    size_t pos = rtp.payload_start, end = rtp.payload_end;
+    unsigned pt = rtp.payload_type, marker = rtp.marker;
+    uint32_t seq = rtp.seq, ts = rtp.timestamp, ssrc = rtp.ssrc;
 
     int result = 0;
     PyObject *owner = e->owner, *leg = NULL, *source = NULL, *codecs = NULL, *receiver = NULL,
