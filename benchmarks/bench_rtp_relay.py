@@ -71,6 +71,7 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from figures import percentile
 from relay_recording import (
     RecordedCall,
     RecordingFigures,
@@ -185,13 +186,6 @@ class Sink:
 
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- the peers subprocess -------------------------------------------------------------

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from figures import percentile
 
 HOST = "127.0.0.1"
 LOOPBACK = (HOST,)
@@ -83,13 +84,6 @@ def setup_timeout(legs: int) -> float:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTP_HEADER = struct.Struct("!BBHII")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def emit(payload: dict[str, Any]) -> None:

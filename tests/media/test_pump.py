@@ -62,7 +62,6 @@ def voice(n: int) -> bytes:
 
 @dataclass
 class Call:
-    loop: asyncio.AbstractEventLoop
     pump: MediaPump
     a: LegTransport  # the caller's leg
     b: LegTransport  # the callee's leg
@@ -107,7 +106,7 @@ def bridged_call(*, relay_in_c: bool, callee_codecs: tuple[Any, ...] = (PCMU,)) 
     pump = MediaPump.of(loop)
     pump.relay_in_c = relay_in_c
     try:
-        yield Call(loop, pump, a, b, caller, callee, intruder)
+        yield Call(pump, a, b, caller, callee, intruder)
     finally:
         a.close()
         b.close()

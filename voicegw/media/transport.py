@@ -138,8 +138,8 @@ class LegTransport:
         try:
             sock.sendto(data, addr)
         except OSError:
-            # ICMP unreachable reported on this send, a full buffer, an address of the
-            # other family: the far end is gone or wrong. Counted; the call decides.
+            # A full socket buffer, an address we cannot reach (another family, no
+            # route): counted, never raised; the call decides on its media timeouts.
             self.socket_errors += 1
 
     def send_pcm(self, pcm: bytes, now: float | None = None) -> None:
