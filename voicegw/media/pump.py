@@ -57,7 +57,8 @@ class MediaPump:
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> MediaPump:
-        """The loop's pump (made on first use; it goes with the loop)."""
+        """The loop's pump: made when the loop's first media socket registers, dropped
+        when its last one goes (so a closed loop is not kept alive by its pump)."""
         pump = _PUMPS.get(loop)
         if pump is None:
             pump = _PUMPS[loop] = MediaPump(loop)
