@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voicegw.media import _jitter
+from voicegw.media.g711 import ALAW_DECODE_TABLE, ULAW_DECODE_TABLE, alaw_decode, ulaw_decode
 from voicegw.media.jitter import (
     JitterBuffer,
     JitterFrame,
@@ -109,6 +110,27 @@ class Pair:
         assert c_frame == ref_frame
         self.check()
         return c_frame
+
+    def pop_pcm(self, now: float) -> tuple[bytes, bool] | None:
+        ref_error = c_error = None
+        ref_out = c_out = None
+        try:
+            ref_out = self.ref.pop_pcm(now, ULAW_DECODE_TABLE)
+        except Exception as exc:
+            ref_error = (type(exc), str(exc))
+        try:
+            c_out = self.c.pop_pcm(now, ULAW_DECODE_TABLE)
+        except Exception as exc:
+            c_error = (type(exc), str(exc))
+        assert (c_error, c_out) == (ref_error, ref_out)
+        self.check()
+        return c_out
+
+    def pop_either(self, now: float, rng: random.Random) -> None:
+        if rng.random() < 0.3:
+            self.pop_pcm(now)
+        else:
+            self.pop(now)
 
 
 # -- generated scenarios --------------------------------------------------------------
@@ -213,10 +235,10 @@ def run_scenario(
             send(sender.k)
             sender.k += 1
             if op == "next_pop":
-                pair.pop(now)
+                pair.pop_either(now, rng)
         elif op == "pop":
             now += rng.choice([tick, tick, 0.0, rng.uniform(0, 2 * tick)])
-            pair.pop(now)
+            pair.pop_either(now, rng)
         elif op == "lose":
             sender.k += rng.randint(1, 4)
         elif op == "reorder":
@@ -236,7 +258,7 @@ def run_scenario(
             now += rng.uniform(0.2, 3.0)
             for _ in range(rng.randint(1, 10)):
                 now += tick
-                pair.pop(now)
+                pair.pop_either(now, rng)
             sender.k += rng.choice([0, 1, 40])
             sender.ts_offset += rng.choice([0, 16000])
         elif op == "wait":
@@ -461,6 +483,23 @@ def test_frames_are_real_jitter_frames() -> None:
     assert hash(frame) == hash(JitterFrame(b"p7", 7, 1120, False, False))
     with pytest.raises(AttributeError):
         frame.payload = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("table", [ULAW_DECODE_TABLE, ALAW_DECODE_TABLE])
+@pytest.mark.parametrize("kind", [JitterBuffer, ReferenceJitterBuffer])
+def test_pop_pcm_decodes_every_code_as_the_codec_does(
+    kind: type[JitterBuffer], table: bytes
+) -> None:
+    decode = ulaw_decode if table == ULAW_DECODE_TABLE else alaw_decode
+    buffer = kind(conceal=silence_concealer(bytes(256)))
+    payloads = [bytes(range(256)), bytes(range(255, -1, -1))]
+    for seq, payload in enumerate(payloads):
+        buffer.push(RtpPacket(0, seq, seq * 256, 1, payload), 0.0)
+    assert buffer.pop_pcm(0.0, table) == (decode(payloads[0]), False)
+    assert buffer.pop_pcm(0.02, table) == (decode(payloads[1]), False)
+    assert buffer.pop_pcm(0.04, table) == (decode(bytes(256)), True)  # concealed, decoded too
+    with pytest.raises(ValueError, match="512 bytes"):
+        buffer.pop_pcm(0.06, table[:-2])
 
 
 def test_counters_are_a_snapshot() -> None:

@@ -282,15 +282,15 @@ def test_pcm_is_decoded_only_while_enabled() -> None:
     m = leg()
     tone = PCMU.encode(np.full(160, 2000, dtype="<i2").tobytes())
     feed(m, SIGNALLED, range(1, 4), payload=tone)
-    assert m.playout(0.1) is None  # no consumer: nothing buffered, nothing decoded
+    assert m.playout_pcm(0.1) is None  # no consumer: nothing buffered, nothing decoded
     m.enable_pcm()
     frames = []
     for i, seq in enumerate(range(4, 10)):
         m.receive(rtp(seq, payload=tone), SIGNALLED, 0.2 + i * TICK)
-        frames.append(m.playout(0.2 + i * TICK))
-    played = [f for f in frames if f is not None and not f.concealed]
+        frames.append(m.playout_pcm(0.2 + i * TICK))
+    played = [pcm for pcm, concealed in filter(None, frames) if not concealed]
     assert played
-    assert all(f.pcm == PCMU.decode(tone) and f.sample_rate == 8000 for f in played)
+    assert all(pcm == PCMU.decode(tone) for pcm in played)
 
 
 # -- RTCP -------------------------------------------------------------------------

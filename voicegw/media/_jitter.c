@@ -55,7 +55,7 @@ static PyObject *FrameClass, *CountersClass, *RtpErrorClass;
 static Py_ssize_t frame_offsets[5]; /* payload, sequence_number, timestamp, concealed, marker */
 static int frame_fast;              /* build frames by storing the slots directly */
 
-static PyObject *s_ssrc, *s_sequence_number, *s_timestamp, *s_payload, *s_marker;
+static PyObject *s_ssrc, *s_sequence_number, *s_timestamp, *s_payload, *s_marker, *s_concealed;
 
 static const char *const frame_fields[5] = {
     "payload", "sequence_number", "timestamp", "concealed", "marker",
@@ -735,6 +735,68 @@ static PyObject *JitterBuffer_pop(JitterBuffer *self, PyObject *arg) {
     return jb_pop(self, now);
 }
 
+/* PCM of a table-coded payload (G.711): two little-endian bytes of the table per code. */
+static PyObject *table_decode(PyObject *payload, const unsigned char *table) {
+    if (!PyBytes_Check(payload)) {
+        PyErr_Format(PyExc_TypeError, "frame payload must be bytes, not %.100s",
+                     Py_TYPE(payload)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    PyObject *pcm = PyBytes_FromStringAndSize(NULL, 2 * n);
+    if (pcm == NULL)
+        return NULL;
+    const unsigned char *codes = (const unsigned char *)PyBytes_AS_STRING(payload);
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(pcm);
+    for (Py_ssize_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, table + 2 * codes[i], 2);
+    return pcm;
+}
+
+static PyObject *JitterBuffer_pop_pcm(JitterBuffer *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "pop_pcm() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    double now;
+    if (get_now(args[0], &now) < 0)
+        return NULL;
+    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) != 512) {
+        PyErr_SetString(PyExc_ValueError, "table must be 512 bytes: 256 little-endian int16");
+        return NULL;
+    }
+    PyObject *frame = jb_pop(self, now);
+    if (frame == NULL || frame == Py_None)
+        return frame;
+    PyObject *payload, *concealed;
+    if (frame_fast) {
+        payload = Py_NewRef(*(PyObject **)((char *)frame + frame_offsets[0]));
+        concealed = Py_NewRef(*(PyObject **)((char *)frame + frame_offsets[3]));
+    } else {
+        payload = PyObject_GetAttr(frame, s_payload);
+        concealed = payload == NULL ? NULL : PyObject_GetAttr(frame, s_concealed);
+    }
+    Py_DECREF(frame);
+    PyObject *pcm = concealed == NULL ? NULL
+                                      : table_decode(payload, (const unsigned char *)
+                                                                  PyBytes_AS_STRING(args[1]));
+    Py_XDECREF(payload);
+    if (pcm == NULL) {
+        Py_XDECREF(concealed);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(pcm);
+        Py_DECREF(concealed);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, pcm);
+    PyTuple_SET_ITEM(out, 1, concealed);
+    return out;
+}
+
 static void jb_clear_config(JitterBuffer *self) {
     Py_CLEAR(self->conceal);
     Py_CLEAR(self->clock_rate_obj);
@@ -974,6 +1036,9 @@ static PyMethodDef JitterBuffer_methods[] = {
      "push_rtp(data, now): push(RtpPacket.parse(data), now), parsing in C; raises RtpError."},
     {"pop", (PyCFunction)JitterBuffer_pop, METH_O,
      "pop(now) -> JitterFrame | None: the frame to play at this tick."},
+    {"pop_pcm", (PyCFunction)(void (*)(void))JitterBuffer_pop_pcm, METH_FASTCALL,
+     "pop_pcm(now, table) -> (pcm, concealed) | None: pop(now), its payload decoded\n"
+     "through table (the 256 little-endian int16 samples of a G.711 law)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1080,6 +1145,7 @@ PyMODINIT_FUNC PyInit__jitter(void) {
     NAME(s_timestamp, "timestamp")
     NAME(s_payload, "payload")
     NAME(s_marker, "marker")
+    NAME(s_concealed, "concealed")
 #undef NAME
     if (PyType_Ready(&JitterBufferType) < 0)
         return NULL;

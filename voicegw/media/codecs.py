@@ -31,6 +31,9 @@ class Codec:
     encode: Callable[[bytes], bytes]
     decode: Callable[[bytes], bytes]
     silence_byte: int
+    #: For a table codec (G.711): the PCM of each of the 256 codes, little-endian int16,
+    #: with which the jitter buffer decodes a frame in C as it pops it.
+    decode_table: bytes | None = None
 
     @property
     def samples_per_frame(self) -> int:
@@ -63,6 +66,7 @@ PCMU: Final = Codec(
     encode=g711.ulaw_encode,
     decode=g711.ulaw_decode,
     silence_byte=g711.ULAW_SILENCE,
+    decode_table=g711.ULAW_DECODE_TABLE,
 )
 PCMA: Final = Codec(
     name="PCMA",
@@ -75,6 +79,7 @@ PCMA: Final = Codec(
     encode=g711.alaw_encode,
     decode=g711.alaw_decode,
     silence_byte=g711.ALAW_SILENCE,
+    decode_table=g711.ALAW_DECODE_TABLE,
 )
 
 CODECS: Final[Mapping[str, Codec]] = MappingProxyType({c.name: c for c in (PCMU, PCMA)})

@@ -138,6 +138,10 @@ def _byte_tables(table: npt.NDArray[np.int16]) -> tuple[bytes, bytes]:
     return bytes((pattern & 0xFF).astype(np.uint8)), bytes((pattern >> 8).astype(np.uint8))
 
 
+#: The 256 samples of each law as little-endian int16 bytes, indexed by code: what a C
+#: decoder takes (``JitterBuffer.pop_pcm``).
+ULAW_DECODE_TABLE: Final = _ULAW_TO_LINEAR.tobytes()
+ALAW_DECODE_TABLE: Final = _ALAW_TO_LINEAR.tobytes()
 _ULAW_LO, _ULAW_HI = _byte_tables(_ULAW_TO_LINEAR)
 _ALAW_LO, _ALAW_HI = _byte_tables(_ALAW_TO_LINEAR)
 _ULAW_TO_ALAW: Final = bytes(_LINEAR_TO_ALAW[_ULAW_TO_LINEAR.view(np.uint16)])

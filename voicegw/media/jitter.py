@@ -272,6 +272,17 @@ class ReferenceJitterBuffer:
             self.target_delay = max(self.target_delay, wanted)
         self._last_tick = now
 
+    def pop_pcm(self, now: float, table: bytes) -> tuple[bytes, bool] | None:
+        """:meth:`pop`, its payload decoded through ``table`` (the 256 little-endian
+        int16 samples of a G.711 law, one per code), and whether it was concealed."""
+        if len(table) != 512:
+            raise ValueError("table must be 512 bytes: 256 little-endian int16")
+        frame = self.pop(now)
+        if frame is None:
+            return None
+        samples = np.frombuffer(table, "<i2")[np.frombuffer(frame.payload, np.uint8)]
+        return samples.tobytes(), frame.concealed
+
     def pop(self, now: float) -> JitterFrame | None:
         """The frame to play at this tick (call once per ``frame_duration``)."""
         self._adapt(now)

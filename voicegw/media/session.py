@@ -66,7 +66,6 @@ __all__ = [
     "LegSummary",
     "MediaEvent",
     "MediaLeg",
-    "PcmFrame",
     "RemoteBye",
     "RtpReceived",
     "RtpSender",
@@ -141,16 +140,6 @@ class RemoteBye:
 
 
 MediaEvent = RtpReceived | DtmfReceived | SourceLatched | SsrcChanged | RemoteBye
-
-
-@dataclass(frozen=True, slots=True)
-class PcmFrame:
-    """One 20 ms frame of 16-bit little-endian PCM at the codec's sample rate."""
-
-    pcm: bytes
-    timestamp: int
-    concealed: bool
-    sample_rate: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,21 +510,23 @@ class MediaLeg:
 
     def playout_encoded(self, now: float) -> JitterFrame | None:
         """The received frame due at this 20 ms tick, still encoded with
-        :attr:`receive_codec` (taps decode many legs' frames in one call); None while
-        buffering or idle."""
+        :attr:`receive_codec`; None while buffering or idle."""
         if self._jitter is None:
             return None
         return self._jitter.pop(now)
 
-    def playout(self, now: float) -> PcmFrame | None:
-        """The received frame due at this 20 ms tick, decoded; None while buffering or idle."""
-        frame = self.playout_encoded(now)
-        if frame is None:
+    def playout_pcm(self, now: float) -> tuple[bytes, bool] | None:
+        """The received frame due at this tick as 16-bit PCM at the receive codec's
+        sample rate, and whether it was concealed; None while buffering or idle. What
+        taps take: a G.711 frame is decoded in the jitter buffer's pop, in C."""
+        jitter = self._jitter
+        if jitter is None:
             return None
         codec = self._rx_codec
-        return PcmFrame(
-            codec.decode(frame.payload), frame.timestamp, frame.concealed, codec.sample_rate
-        )
+        if codec.decode_table is not None:
+            return jitter.pop_pcm(now, codec.decode_table)
+        frame = jitter.pop(now)
+        return None if frame is None else (codec.decode(frame.payload), frame.concealed)
 
     # -- sending -----------------------------------------------------------
 
