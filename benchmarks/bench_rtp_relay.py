@@ -10,8 +10,8 @@ renumbering. Each run starts a fresh subprocess; figures are medians over runs.
 With ``--both-ways`` the callee talks too (leg B relays to the caller through
 leg A): a B2BUA-bridged call with G.711 in both directions. With ``--taps``
 each call also has a :class:`~voicegw.media.taps.CallTap` on both legs (both
-parties decoded to PCM each 20 ms tick, batched across calls, through the
-jitter buffers) drained every 200 ms by one consumer task per call, as the
+parties decoded to PCM each 20 ms tick as their jitter buffers pop the
+frames) drained every 200 ms by one consumer task per call, as the
 echo service's meter does; "tap frames" is the share of the expected
 received-audio frames the consumers got.
 

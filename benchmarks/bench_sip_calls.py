@@ -22,8 +22,8 @@ authenticated). Per N it reports:
 Taps (on by default, ``--no-taps`` to compare): the gateway runs with
 ``VOICEGW_ECHO_METER=1``, so every echo call also has a
 :class:`~voicegw.media.taps.CallTap` on its leg: the caller's audio goes
-through the jitter buffer, is decoded to PCM each 20 ms tick (batched across
-calls) and drained by a level meter. The gateway logs one ``echo.heard`` line
+through the jitter buffer, is decoded to PCM each 20 ms tick (as the buffer
+pops it) and drained by a level meter. The gateway logs one ``echo.heard`` line
 per call; the table's "tap frames" column is their sum over the expected
 frames, so a run without tap decoding cannot pass for one.
 
@@ -696,8 +696,7 @@ def report(rows: list[tuple[int, list[dict[str, Any]]]], options: Options) -> No
         "SIP echo calls through the gateway process: PCMU 20 ms both ways, "
         f"{options.seconds:g} s of media per call, median of {options.runs} run(s); "
         f"gateway on uvloop, generator on {loop_name}, sends in {options.phases} phase(s) "
-        "per 20 ms; "
-        + ("taps decoding the caller, batched per tick" if options.taps else "no taps")
+        "per 20 ms; " + ("taps decoding the caller each tick" if options.taps else "no taps")
     )
     print("RTT = generator -> gateway -> echo -> generator (a round trip); jitter = |D(i-1,i)|")
     widths = [max(len(h), len(f.format(0.0))) for h, _, f in COLUMNS]
