@@ -475,6 +475,27 @@ async def test_reinvite_sendonly_is_answered_recvonly_and_resume_sendrecv(
         assert call.held is held
 
 
+async def test_in_dialog_requests_requiring_an_extension_we_lack_get_420_and_the_call_goes_on(
+    node_factory: NodeFactory, trunk_for: TrunkFactory
+) -> None:
+    node = await node_factory()
+    trunk, _ = await trunk_for(node)
+    call, _ = await answered_call(node, trunk)
+    held = trunk.sdp(direction="sendonly").replace("o=trunk 1 1", "o=trunk 1 2")
+    sdp = ("Content-Type: application/sdp",)
+    trunk.send(trunk.request("INVITE", uri(), headers=(*sdp, "Require: 100rel, timer"), body=held))
+    refused = await trunk.response(420)
+    assert refused.headers.get("Unsupported") == "100rel"  # session timers we do have
+    trunk.send(trunk.request("INFO", uri(), headers=("Require: foo",)))
+    assert ((await trunk.response()).status, call.held) == (420, False)  # nothing acted on
+    assert call.state is CallState.CONFIRMED
+    # The same re-INVITE without the extension is taken.
+    trunk.send(trunk.request("INVITE", uri(), headers=sdp, body=held))
+    ok = await trunk.response(200)
+    trunk.ack(uri(), ok.cseq.seq)
+    assert call.held
+
+
 async def test_reinvite_without_sdp_gets_our_offer_and_the_ack_answer_applies(
     node_factory: NodeFactory, trunk_for: TrunkFactory
 ) -> None:

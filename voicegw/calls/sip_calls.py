@@ -71,7 +71,7 @@ from voicegw.calls.routing import (
     Service,
     dialled_number,
 )
-from voicegw.calls.sip_service import AuthenticatedRequest, SipService
+from voicegw.calls.sip_service import INVITE_EXTENSIONS, AuthenticatedRequest, SipService
 from voicegw.calls.transfer import TransferHandler, TransferProgress, TransferRequested
 from voicegw.media.clock import MediaClock
 from voicegw.media.codecs import codec_by_name
@@ -80,7 +80,7 @@ from voicegw.media.session import DtmfReceived, LegConfig, MediaEvent, MediaLeg
 from voicegw.media.transport import LegTransport, wallclock_offset
 from voicegw.sip.dialog import AckWait, Dialog, DialogId, DialogState, glare_retry_delay
 from voicegw.sip.digest import DigestClient
-from voicegw.sip.headers import Headers
+from voicegw.sip.headers import Headers, unsupported_options
 from voicegw.sip.message import (
     SipRequest,
     SipResponse,
@@ -311,6 +311,14 @@ class CallLeg:
         if handler is None:
             allow = (("Allow", ALLOW),)
             self._calls.service.respond(tid, make_response(request, 405, headers=allow))
+            return
+        supported = _IN_DIALOG_EXTENSIONS.get(request.method, frozenset())
+        unsupported = unsupported_options(request.headers, supported)
+        if unsupported:
+            # RFC 3261 §8.2.2.3 holds inside a dialog too: refuse rather than act on a
+            # request whose required extension we would ignore. The call goes on.
+            headers = (("Unsupported", ", ".join(unsupported)),)
+            self._calls.service.respond(tid, make_response(request, 420, headers=headers))
             return
         handler(self, tid, request)
 
@@ -720,6 +728,12 @@ class CallLeg:
         self.ended.set()
 
 
+#: Option tags an in-dialog request may Require of us: session timers on a re-INVITE
+#: (as on the INVITE), no implicit subscription on a REFER (RFC 4488, ``Refer-Sub``).
+_IN_DIALOG_EXTENSIONS: dict[str, frozenset[str]] = {
+    "INVITE": INVITE_EXTENSIONS,
+    "REFER": frozenset({"norefersub"}),
+}
 _IN_DIALOG: dict[str, Callable[[CallLeg, TransactionId, SipRequest], None]] = {
     "BYE": CallLeg._on_bye,
     "INFO": CallLeg._on_info,
