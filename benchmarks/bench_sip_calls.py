@@ -65,6 +65,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+from figures import percentile
+
 HOST = "127.0.0.1"
 DOMAIN = "voice.test"
 TENANT = "demo"  # created by the gateway's first-start bootstrap
@@ -336,13 +338,6 @@ class Call:
 def _tag(header: str) -> str:
     found = re.search(r";\s*tag=([^;>\s]+)", header)
     return found.group(1) if found else ""
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def emit(payload: dict[str, Any]) -> None:
