@@ -25,7 +25,6 @@ Works on the default loop and on uvloop alike (uvloop is optional).
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 
@@ -127,20 +126,7 @@ class LegTransport:
         if addr is None or self._closed:
             self.unsent += 1
             return
-        if self.srtp is not None:
-            protected = self.srtp.protect_rtp(data)
-            if protected is None:
-                return
-            data = protected
-        self._send(self._ports.rtp, data, addr)
-
-    def _send(self, sock: socket.socket, data: bytes, addr: Address) -> None:
-        try:
-            sock.sendto(data, addr)
-        except OSError:
-            # A full socket buffer, an address we cannot reach (another family, no
-            # route): counted, never raised; the call decides on its media timeouts.
-            self.socket_errors += 1
+        self._sendto(data, addr, rtcp=False)
 
     def send_pcm(self, pcm: bytes, now: float | None = None) -> None:
         """Encode one 20 ms PCM frame with the leg's codec and send it."""
@@ -164,7 +150,12 @@ class LegTransport:
             if protected is None:
                 return
             data = protected
-        self._send(sock, data, addr)
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            # A full socket buffer, an address we cannot reach (another family, no
+            # route): counted, never raised; the call decides on its media timeouts.
+            self.socket_errors += 1
 
     # -- timer ---------------------------------------------------------------
 
