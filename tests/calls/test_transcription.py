@@ -209,6 +209,26 @@ def consenting_gate() -> RecordingGate:
     return gate
 
 
+async def play_through_a_pause(
+    asr: KeepingAsr, audio: bytes, paused_at: float, resumed_at: float, guard: float = 0.0
+) -> tuple[CallTranscriber, list[TranscriptEvent]]:
+    """The caller's audio through the real consent gate, paused and resumed by the agent
+    at those media times; the resume post-dated by ``guard``, as the consent flow does."""
+    gate = consenting_gate()
+    target = transcriber(registry_of(asr), [], sinks_open=gate.sinks_open)
+    subscription = target.subscribe()
+    for i, frame in enumerate(frames(audio)):
+        now = CALL_START + i * 0.02
+        if paused_at <= now < paused_at + 0.02:
+            gate.pause_all(now)
+        if resumed_at <= now < resumed_at + 0.02:
+            gate.resume_all(now + guard)
+        target.push("caller", frame, now)
+        await asyncio.sleep(0)  # let the ASR worker run as it would between real frames
+    await target.aclose()
+    return target, await collect(subscription)
+
+
 async def test_secure_pause_discards_the_open_utterance_and_nothing_reaches_the_asr() -> None:
     card = espeak("my card number is four one one one two two two two")
     before, after = espeak("yes i agree"), espeak("no")
@@ -216,20 +236,8 @@ async def test_secure_pause_discards_the_open_utterance_and_nothing_reaches_the_
     card_start = CALL_START + (len(silence(1.0) + before + silence(1.0)) // 2) / RATE
     # The agent presses "secure pause" one second into the card number; resume after it.
     paused = (card_start + 1.0, card_start + len(card) / 2 / RATE + 0.5)
-    gate = consenting_gate()
-    asr, records = KeepingAsr(), list[ProcessingRecord]()
-    target = transcriber(registry_of(asr), records, sinks_open=gate.sinks_open)
-    subscription = target.subscribe()
-    for i, frame in enumerate(frames(audio)):
-        now = CALL_START + i * 0.02
-        if paused[0] <= now < paused[0] + 0.02:
-            gate.pause_all(now)
-        if paused[1] <= now < paused[1] + 0.02:
-            gate.resume_all(now)
-        target.push("caller", frame, now)
-        await asyncio.sleep(0)  # let the ASR worker run as it would between real frames
-    await target.aclose()
-    events = await collect(subscription)
+    asr = KeepingAsr()
+    target, events = await play_through_a_pause(asr, audio, *paused)
 
     assert len(asr.utterances) == 2  # before and after the pause: the card was never flushed
     assert not any(frame in asr.received for frame in frames(card) if any(frame))
@@ -245,20 +253,8 @@ async def test_speech_from_before_a_post_dated_resume_never_reaches_the_asr() ->
     speech = espeak("my card number is four one one one two two two two")
     audio = silence(1.0) + speech + silence(1.0)
     paused_at, resumed_at, guard = CALL_START + 0.5, CALL_START + 2.0, 0.24
-    gate = consenting_gate()
-    asr, records = KeepingAsr(), list[ProcessingRecord]()
-    target = transcriber(registry_of(asr), records, sinks_open=gate.sinks_open)
-    subscription = target.subscribe()
-    for i, frame in enumerate(frames(audio)):
-        now = CALL_START + i * 0.02
-        if paused_at <= now < paused_at + 0.02:
-            gate.pause_all(now)
-        if resumed_at <= now < resumed_at + 0.02:
-            gate.resume_all(now + guard)
-        target.push("caller", frame, now)
-        await asyncio.sleep(0)
-    await target.aclose()
-    events = await collect(subscription)
+    asr = KeepingAsr()
+    target, events = await play_through_a_pause(asr, audio, paused_at, resumed_at, guard)
 
     first_allowed = round((resumed_at + guard - CALL_START) / 0.02)
     held_back = frames(audio)[round((paused_at - CALL_START) / 0.02) : first_allowed]
