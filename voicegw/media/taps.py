@@ -27,7 +27,9 @@ at each tick plays out every tapped leg, 64 calls at a time: between two such
 slices the event loop runs, so a tick of many calls never holds up the relay for
 more than a slice. A G.711 frame is decoded as the leg's jitter buffer pops it,
 by table in C (:meth:`~voicegw.media.session.MediaLeg.playout_pcm`): about
-0.1 µs a frame, against 0.4 µs inside a batched numpy call and 1.5 µs alone.
+0.3 µs a frame more than the pop alone, against 0.5 µs a frame for a numpy batch
+of a slice's frames (joined, decoded and split again) and 2.5 µs for one frame's
+``ulaw_decode``.
 """
 
 from __future__ import annotations
