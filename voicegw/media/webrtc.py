@@ -12,8 +12,8 @@ ours, because aiortc's own adds 60-120 ms that a phone call cannot spare:
   (4 frames by default; even with none it releases a frame only when the next
   one arrives: +20 ms), then hands them to a decoder thread that posts frames
   back to the loop. We replace that buffer (:class:`_InlineReceiver`): each
-  packet is decoded on arrival, on the loop (Opus ~25 µs a frame), resampled
-  48 kHz -> 8 kHz and handed to ``on_frame`` at once. Late and duplicate
+  packet is decoded to 8 kHz on arrival, on the loop, and handed to
+  ``on_frame`` at once. Late and duplicate
   packets are dropped; there is no second jitter buffer here, the caller's
   phone has one. ``on_frame`` is a plain callback that must not block.
 * **Towards the browser**, :class:`TelephonyTrack` returns packets already
@@ -23,13 +23,14 @@ ours, because aiortc's own adds 60-120 ms that a phone call cannot spare:
   track when a frame is pushed, so a frame leaves as soon as it exists rather
   than at the track's next 20 ms tick; with nothing pushed the track keeps a
   20 ms pace of silence. Other sources (:class:`IterSource`) are paced.
-* **Resampling** 48 kHz -> 8 kHz uses FFmpeg's libswresample (through PyAV,
-  as aiortc does): about 2 ms of delay, passband flat to 3.4 kHz, aliases
-  -60 dB. soxr's streaming engines hold back output far longer at this ratio
-  (measured, 20 ms frames: LQ 20 ms, HQ 70 ms, variable-rate 28 ms). The other
-  direction needs none: libopus encodes 8 kHz input as narrowband, and the
-  browser's decoder plays it at 48 kHz. Opus runs in libopus' ``lowdelay``
-  mode (2.5 ms look-ahead instead of 6.5 ms).
+* **Rate conversion** is libopus' own, both ways. The browser's 48 kHz Opus
+  is decoded straight to 8 kHz by libopus' decoder (:mod:`voicegw.media.opus`:
+  it band-limits and converts inside the decoder; no added delay, 26 µs a
+  frame where decoding at 48 kHz and resampling with FFmpeg's libswresample
+  took 44 µs and 2 ms of delay; soxr's streaming engines hold back far longer
+  at this ratio: LQ 20 ms, HQ 70 ms, variable-rate 28 ms). libopus encodes our
+  8 kHz input as narrowband, and the browser's decoder plays it at 48 kHz.
+  Opus runs in libopus' ``lowdelay`` mode (2.5 ms look-ahead instead of 6.5 ms).
 
 Network settings are explicit (:class:`WebRtcConfig`):
 
@@ -76,7 +77,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
 import aioice.ice
-import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -88,9 +88,10 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
-from av import AudioFrame, AudioResampler, CodecContext, Packet
+from av import AudioFrame, CodecContext, Packet
 
 from .g711 import ulaw_decode, ulaw_encode
+from .opus import OpusDecoder, OpusError
 
 __all__ = [
     "FRAME_BYTES",
@@ -330,10 +331,10 @@ class _PcmuEncoder:
 class _Framer:
     """Cuts a stream of 8 kHz PCM bytes into 20 ms frames, aligned on the packets.
 
-    The resampler keeps back a few samples at the start (2 ms), so the first
-    packet yields a little less than a frame. Carrying that remainder would
-    hold every later frame back until the next packet (18 ms); padding the
-    first chunk in front, once, keeps one packet in, one frame out.
+    A browser may send 10 ms packets (or 40 or 60): when the first packet yields
+    less than a frame, carrying that remainder would hold every later frame
+    back until the next packet; padding the first chunk in front, once, keeps
+    one packet in, one frame out.
     """
 
     def __init__(self) -> None:
@@ -351,24 +352,14 @@ class _Framer:
 
 
 class _OpusDecoder:
-    """Opus payloads -> 20 ms frames at 8 kHz (libopus at 48 kHz, then libswresample)."""
+    """Opus payloads -> 20 ms frames at 8 kHz (libopus decoding to 8 kHz itself)."""
 
     def __init__(self) -> None:
-        codec: Any = CodecContext.create("libopus", "r")
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = WIRE_RATE
-        self._codec = codec
-        self._resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._opus = OpusDecoder(RATE, 1)
         self._framer = _Framer()
 
     def decode(self, payload: bytes) -> list[bytes]:
-        pcm = b"".join(
-            bytes(small.planes[0])[: small.samples * 2]  # the plane may be padded
-            for frame in self._codec.decode(Packet(payload))
-            for small in self._resampler.resample(frame)
-        )
-        return self._framer.cut(pcm)
+        return self._framer.cut(self._opus.decode(payload))
 
 
 class _PcmuDecoder:
@@ -494,7 +485,7 @@ class _InlineReceiver:
             return False, None
         try:
             frames = decoder.decode(packet.payload)
-        except av.FFmpegError:
+        except OpusError:
             counters.undecodable += 1
             return False, None
         counters.frames_received += 1
