@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
 
+from voicegw.media import webrtc
 from voicegw.media.g711 import ulaw_encode
+from voicegw.media.opus import OpusError
 from voicegw.media.webrtc import (
     FRAME_BYTES,
     IterSource,
@@ -272,6 +274,30 @@ def test_a_failing_frame_consumer_is_counted_and_does_not_stop_receiving(
         assert receiver.add(pcmu_packet(seq)) == (False, None)
     assert counters.consumer_failures == 3 and counters.frames_received == 3
     assert "webrtc frame consumer failed" in caplog.text
+
+
+def test_undecodable_opus_is_counted_and_a_missing_libopus_drops_only_that_codec(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    counters = LegCounters()
+    delivered: list[bytes] = []
+    receiver = _InlineReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
+    garbage = RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=7)
+    garbage.payload = b"\xff\xff\xff"  # a code-3 packet with an impossible frame count
+    assert receiver.add(garbage) == (False, None)
+    assert counters.undecodable == 1 and not delivered
+
+    def no_libopus(*args: object) -> None:
+        raise OpusError("libopus not found")
+
+    monkeypatch.setattr(webrtc, "OpusDecoder", no_libopus)
+    receiver = _InlineReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
+    for seq in (1, 2):
+        opus = RtpPacket(payload_type=111, sequence_number=seq, timestamp=0, ssrc=7)
+        opus.payload = b"\xf8\xff\xfe"
+        assert receiver.add(opus) == (False, None)
+    assert caplog.text.count("webrtc decoder unavailable") == 1  # said once, not per packet
+    assert receiver.add(pcmu_packet(3)) == (False, None) and len(delivered) == 1
 
 
 async def test_a_malformed_trickled_candidate_is_refused_not_asserted_on() -> None:

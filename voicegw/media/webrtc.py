@@ -506,7 +506,14 @@ class _InlineReceiver:
             name = self._codecs.get(payload_type)
             if name is None:
                 return None
-            decoder = self._decoders[payload_type] = _DECODERS[name]()
+            try:
+                decoder = self._decoders[payload_type] = _DECODERS[name]()
+            except OpusError as exc:
+                # No libopus to load: this codec's packets are dropped from now on, and
+                # aiortc's receive loop (DTLS, RTCP, the other codec) goes on.
+                del self._codecs[payload_type]
+                log.error("webrtc decoder unavailable", extra={"codec": name, "error": str(exc)})
+                return None
         return decoder
 
 
