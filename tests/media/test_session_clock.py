@@ -124,3 +124,18 @@ async def test_on_the_real_loop_no_tick_fires_before_its_deadline() -> None:
     assert all(at >= deadline - 0.001 for at, deadline in fired)
     deadlines = [deadline for _, deadline in fired]
     assert all(b - a == pytest.approx(PERIOD, abs=1e-9) for a, b in itertools.pairwise(deadlines))
+
+
+async def test_an_input_that_stops_recording_takes_effect_from_the_first_unplayed_frame() -> None:
+    fake = ControlledTime(overshoot=0.0)
+    clock = MediaClock(PERIOD, time=fake.time, sleep=fake.sleep)
+    assert clock.unplayed_from() == fake.now  # not running: now
+    await clock.run(ticks=3)  # ticks 0, 1, 2 fired; tick 3 is next
+    assert clock.schedule is not None
+    next_deadline = clock.schedule.next_deadline
+    fake.now = next_deadline - 0.005  # on time: the next frame is yet to come
+    assert clock.unplayed_from() == fake.now
+    # The loop stalled: tick 3 is 30 ms late and will still play what arrives before
+    # it fires, so a pause pressed now must cover it.
+    fake.now = next_deadline + 0.03
+    assert clock.unplayed_from() == next_deadline

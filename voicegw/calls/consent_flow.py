@@ -669,9 +669,10 @@ class ConsentFlow:
     async def pause(self, *, actor: str) -> float:
         """Secure pause: every sink of every party stops from the next frame; audited.
 
-        Returns the media-clock instant it took effect.
+        Returns the media-clock instant it took effect: now, or the next frame still to
+        be played when the clock runs late (so no audio spoken after the press is kept).
         """
-        now = self.media.clock.now()
+        now = self.media.clock.unplayed_from()
         self._paused = True
         self._apply(self.gate.pause_all(now))
         await self._audit(actor, "call.secure_pause", now)
@@ -686,8 +687,9 @@ class ConsentFlow:
         return now
 
     async def withdraw(self, *, actor: str, party: str | None = None) -> float:
-        """Withdraw a party's consent (agent button, API); the decision is stored like any."""
-        now = self.media.clock.now()
+        """Withdraw a party's consent (agent button, API); the decision is stored like any.
+        It takes effect as a pause does (:meth:`pause`)."""
+        now = self.media.clock.unplayed_from()
         self._apply(self.gate.withdraw(party or self.config.caller_party, now))
         await self._audit(actor, "call.withdraw_request", now)
         return now

@@ -110,6 +110,15 @@ class MediaClock:
     def now(self) -> float:
         return self._time() if self._time is not None else asyncio.get_running_loop().time()
 
+    def unplayed_from(self) -> float:
+        """The media time from which frames are still to be played: ``now``, or, while
+        the clock runs late, the deadline of the next tick it has yet to fire (that tick
+        will still play whatever audio arrives before it fires). What an input that stops
+        recording takes effect from."""
+        now = self.now()
+        schedule = self.schedule
+        return now if schedule is None else min(now, schedule.next_deadline)
+
     def subscribe(self, callback: TickCallback) -> Subscription:
         subscription = Subscription(self, callback)
         self._subscribers[subscription] = None
