@@ -55,7 +55,7 @@ static PyObject *FrameClass, *CountersClass, *RtpErrorClass;
 static Py_ssize_t frame_offsets[5]; /* payload, sequence_number, timestamp, concealed, marker */
 static int frame_fast;              /* build frames by storing the slots directly */
 
-static PyObject *s_ssrc, *s_sequence_number, *s_timestamp, *s_payload, *s_marker, *s_concealed;
+static PyObject *s_ssrc, *s_sequence_number, *s_timestamp, *s_payload, *s_marker;
 
 static const char *const frame_fields[5] = {
     "payload", "sequence_number", "timestamp", "concealed", "marker",
@@ -419,12 +419,22 @@ static PyObject *make_frame(PyObject *payload, int64_t seq, int64_t ts, int conc
     return NULL;
 }
 
-static PyObject *jb_concealment(JitterBuffer *self, int64_t ext) {
+/* What pop() plays, before it becomes a JitterFrame (pop) or PCM (pop_pcm): owns
+ * ``payload`` and ``marker``. */
+typedef struct {
+    PyObject *payload, *marker;
+    int64_t seq, ts;
+    int concealed;
+} Played;
+
+/* The jb_* steps below that play something return 1 with *out filled, 0 when nothing
+ * plays (None), -1 on an error. */
+static int jb_concealment(JitterBuffer *self, int64_t ext, Played *out) {
     self->concealed++;
     self->concealed_run++;
     if (self->conceal == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "jitter buffer was cleared");
-        return NULL;
+        return -1;
     }
     PyObject *conceal = Py_NewRef(self->conceal);
     PyObject *args[2];
@@ -433,26 +443,27 @@ static PyObject *jb_concealment(JitterBuffer *self, int64_t ext) {
     if (args[1] == NULL) {
         Py_DECREF(args[0]);
         Py_DECREF(conceal);
-        return NULL;
+        return -1;
     }
     PyObject *payload = PyObject_Vectorcall(conceal, args, 2, NULL);
     Py_DECREF(args[0]);
     Py_DECREF(args[1]);
     Py_DECREF(conceal);
     if (payload == NULL)
-        return NULL;
+        return -1;
     int64_t timestamp = 0;
     if (self->has_last_timestamp) {
         timestamp = (int64_t)(((uint64_t)self->last_timestamp + (uint64_t)self->step)
                               & 0xFFFFFFFFu);
         self->last_timestamp = timestamp;
     }
-    return make_frame(payload, ext & 0xFFFF, timestamp, 1, Py_NewRef(Py_False));
+    *out = (Played){payload, Py_NewRef(Py_False), ext & 0xFFFF, timestamp, 1};
+    return 1;
 }
 
-static PyObject *jb_stall(JitterBuffer *self) {
+static int jb_stall(JitterBuffer *self, Played *out) {
     self->stalls++;
-    return jb_concealment(self, self->next);
+    return jb_concealment(self, self->next, out);
 }
 
 static int jb_maybe_shrink(JitterBuffer *self) {
@@ -480,14 +491,14 @@ static int jb_maybe_shrink(JitterBuffer *self) {
 }
 
 /* _play(packet): takes over the entry's references. */
-static PyObject *jb_play(JitterBuffer *self, Entry *entry) {
+static int jb_play(JitterBuffer *self, Entry *entry, Played *out) {
     if (self->stalls) /* we waited for this packet: it came later than playout wanted */
         jb_grow(self);
     self->stalls = 0;
     self->concealed_run = 0;
     if (pl_append(self, self->next) < 0) {
         entry_release(entry);
-        return NULL;
+        return -1;
     }
     self->next++;
     self->floor = self->next;
@@ -496,9 +507,10 @@ static PyObject *jb_play(JitterBuffer *self, Entry *entry) {
     self->has_last_timestamp = 1;
     if (jb_maybe_shrink(self) < 0) {
         entry_release(entry);
-        return NULL;
+        return -1;
     }
-    return make_frame(entry->payload, entry->seq, entry->ts, 0, entry->marker);
+    *out = (Played){entry->payload, entry->marker, entry->seq, entry->ts, 0};
+    return 1;
 }
 
 static int jb_start(JitterBuffer *self, double now) {
@@ -519,24 +531,22 @@ static int jb_start(JitterBuffer *self, double now) {
     return 1;
 }
 
-static PyObject *jb_pop(JitterBuffer *self, double now) {
+static int jb_pop(JitterBuffer *self, double now, Played *out) {
     Entry entry;
     jb_adapt(self, now);
     if (!self->has_next) {
         int started = jb_start(self, now);
-        if (started < 0)
-            return NULL;
-        if (!started)
-            Py_RETURN_NONE;
+        if (started <= 0)
+            return started;
     }
     if (pk_pop(self, self->next, &entry))
-        return jb_play(self, &entry);
+        return jb_play(self, &entry, out);
     if (self->pk_len) {
         int64_t target;
         if (target_frames(self, &target) < 0)
-            return NULL;
+            return -1;
         if (self->highest - self->next < target && self->stalls < target)
-            return jb_stall(self);
+            return jb_stall(self, out);
         /* Enough later packets are queued, or we waited the target delay: the missing
          * one could no longer play in time. */
         self->lost++;
@@ -547,17 +557,17 @@ static PyObject *jb_pop(JitterBuffer *self, double now) {
             /* Its slot was already filled with concealment while we waited. */
             self->stalls = 0;
             if (pk_pop(self, self->next, &entry))
-                return jb_play(self, &entry);
+                return jb_play(self, &entry, out);
         }
-        return jb_concealment(self, missing);
+        return jb_concealment(self, missing, out);
     }
     if ((double)self->stalls >= self->max_stall) {
         /* Nothing arrives: end of talkspurt (or of the stream). Rebuffer on the next. */
         self->has_next = 0;
         self->stalls = 0;
-        Py_RETURN_NONE;
+        return 0;
     }
-    return jb_stall(self);
+    return jb_stall(self, out);
 }
 
 /* push, up to the duplicate and late checks: 1 to go on with *ext, 0 when done. */
@@ -730,9 +740,13 @@ static PyObject *JitterBuffer_push_rtp(JitterBuffer *self, PyObject *const *args
 
 static PyObject *JitterBuffer_pop(JitterBuffer *self, PyObject *arg) {
     double now;
+    Played played;
     if (get_now(arg, &now) < 0)
         return NULL;
-    return jb_pop(self, now);
+    int rc = jb_pop(self, now, &played);
+    if (rc <= 0)
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    return make_frame(played.payload, played.seq, played.ts, played.concealed, played.marker);
 }
 
 /* PCM of a table-coded payload (G.711): two little-endian bytes of the table per code. */
@@ -766,34 +780,18 @@ static PyObject *JitterBuffer_pop_pcm(JitterBuffer *self, PyObject *const *args,
         PyErr_SetString(PyExc_ValueError, "table must be 512 bytes: 256 little-endian int16");
         return NULL;
     }
-    PyObject *frame = jb_pop(self, now);
-    if (frame == NULL || frame == Py_None)
-        return frame;
-    PyObject *payload, *concealed;
-    if (frame_fast) {
-        payload = Py_NewRef(*(PyObject **)((char *)frame + frame_offsets[0]));
-        concealed = Py_NewRef(*(PyObject **)((char *)frame + frame_offsets[3]));
-    } else {
-        payload = PyObject_GetAttr(frame, s_payload);
-        concealed = payload == NULL ? NULL : PyObject_GetAttr(frame, s_concealed);
-    }
-    Py_DECREF(frame);
-    PyObject *pcm = concealed == NULL ? NULL
-                                      : table_decode(payload, (const unsigned char *)
-                                                                  PyBytes_AS_STRING(args[1]));
-    Py_XDECREF(payload);
-    if (pcm == NULL) {
-        Py_XDECREF(concealed);
+    Played played;
+    int rc = jb_pop(self, now, &played);
+    if (rc <= 0)
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    const unsigned char *table = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    PyObject *pcm = table_decode(played.payload, table);
+    Py_DECREF(played.payload);
+    Py_DECREF(played.marker);
+    if (pcm == NULL)
         return NULL;
-    }
-    PyObject *out = PyTuple_New(2);
-    if (out == NULL) {
-        Py_DECREF(pcm);
-        Py_DECREF(concealed);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, pcm);
-    PyTuple_SET_ITEM(out, 1, concealed);
+    PyObject *out = PyTuple_Pack(2, pcm, played.concealed ? Py_True : Py_False);
+    Py_DECREF(pcm);
     return out;
 }
 
@@ -1145,7 +1143,6 @@ PyMODINIT_FUNC PyInit__jitter(void) {
     NAME(s_timestamp, "timestamp")
     NAME(s_payload, "payload")
     NAME(s_marker, "marker")
-    NAME(s_concealed, "concealed")
 #undef NAME
     if (PyType_Ready(&JitterBufferType) < 0)
         return NULL;
