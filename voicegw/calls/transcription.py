@@ -22,10 +22,10 @@ recorder is (``sinks_open(party, t)``). While it is closed — secure pause,
 withdrawal, a party without consent, audio from before a post-dated resume —
 frames are not even classified, an utterance in progress is discarded (never
 flushed), and segments queued but not yet sent are dropped, so no audio reaches
-the ASR until the gate opens again. The segmenter restarts afresh then: pre-roll never
-carries audio from before the pause. A final for a segment that was sent while
-the gate was open may still arrive during the pause; it is delivered, since the
-speech it covers was allowed when it was spoken.
+the ASR until the gate opens again. The segmenter restarts afresh then: pre-roll
+never carries audio from before the pause. A final for a segment that was sent
+while the gate was open may still arrive during the pause; it is delivered, since
+the speech it covers was allowed when it was spoken.
 
 Transcript timestamps are moved from the ASR stream's time (seconds of audio
 pushed) onto the call's clock (the tap frames' times), and every event is
