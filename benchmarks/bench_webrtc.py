@@ -56,6 +56,7 @@ import fractions
 import json
 import os
 import random
+import re
 import statistics
 import struct
 import subprocess
@@ -279,6 +280,30 @@ def opus_reference() -> tuple[list[bytes], int, float]:
     return period, onset // 960, (onset % 960) / 48000
 
 
+class Paced:
+    """Calls ``step(n, now)`` every 20 ms from a random phase until loop time ``until``.
+
+    A timer chain, not a task: at a hundred sources a task wake-up per packet is
+    what made the generator lag behind its own schedule.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, step: Any, until: float) -> None:
+        self.loop, self.step, self.until = loop, step, until
+        self.start = loop.time() + random.random() * PTIME
+        self.n = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+        loop.call_at(self.start, self._fire)
+
+    def _fire(self) -> None:
+        due = self.start + self.n * PTIME
+        if due >= self.until:
+            self.done.set_result(None)
+            return
+        self.step(self.n, self.loop.time())
+        self.n += 1
+        self.loop.call_at(self.start + self.n * PTIME, self._fire)
+
+
 class Caller(asyncio.DatagramProtocol):
     """One SIP caller's RTP: PCMU, 20 ms, a burst every 0.5 s; listens for the agent."""
 
@@ -292,6 +317,8 @@ class Caller(asyncio.DatagramProtocol):
         self.sent_bursts: list[float] = []
         self.pacing: list[float] = []
         self.ssrc = random.getrandbits(32)
+        self.counting_from = 0.0
+        self.last: float | None = None
         t = np.arange(160) / 8000
         tone = (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767).astype(np.int16)
         self.burst = ulaw_encode(tone.tobytes())
@@ -312,88 +339,94 @@ class Caller(asyncio.DatagramProtocol):
             pcm = np.frombuffer(ulaw_decode(data[12:]), dtype=np.int16)
             self.stream.samples(pcm, arrival, 8000)
 
-    async def play(self, until: float, counting_from: float) -> None:
+    def play(self, until: float, counting_from: float) -> Paced:
+        self.counting_from = counting_from
+        return Paced(self.loop, self.send, until)
+
+    def send(self, n: int, now: float) -> None:
         assert self.transport is not None and self.remote is not None
-        phase = random.random() * PTIME
-        start = self.loop.time() + phase
-        n = 0
-        last = None
-        while True:
-            due = start + n * PTIME
-            if due >= until:
-                return
-            await asyncio.sleep(max(0.0, due - self.loop.time()))
-            now = self.loop.time()
-            is_burst = n % PERIOD_FRAMES == PERIOD_FRAMES - 1
-            header = RTP_HEADER.pack(0x80, 0, n & 0xFFFF, (n * 160) & 0xFFFFFFFF, self.ssrc)
-            self.transport.sendto(header + (self.burst if is_burst else self.silence), self.remote)
-            if now >= counting_from:
-                if is_burst:
-                    self.sent_bursts.append(now)
-                if last is not None:
-                    self.pacing.append(abs(now - last - PTIME))
-            last = now
-            n += 1
+        is_burst = n % PERIOD_FRAMES == PERIOD_FRAMES - 1
+        header = RTP_HEADER.pack(0x80, 0, n & 0xFFFF, (n * 160) & 0xFFFFFFFF, self.ssrc)
+        self.transport.sendto(header + (self.burst if is_burst else self.silence), self.remote)
+        if now >= self.counting_from:
+            if is_burst:
+                self.sent_bursts.append(now)
+            if self.last is not None:
+                self.pacing.append(abs(now - self.last - PTIME))
+        self.last = now
 
 
-def browser_track(loop: asyncio.AbstractEventLoop, packets: list[bytes]) -> Any:
-    from aiortc import MediaStreamTrack
-    from av import Packet
+class Browser:
+    """One browser: an aiortc peer connection for ICE and DTLS, its RTP on the gateway's
+    own media path (:class:`~voicegw.media.webrtc_rtp.MediaPath`), so that a hundred
+    of them fit beside the gateway. Its microphone plays pre-encoded Opus (paced at
+    20 ms); what it hears is timestamped on arrival and decoded at 8 kHz for onsets.
+    """
 
-    class OpusMic(MediaStreamTrack):
-        """The browser's microphone: pre-encoded Opus, paced at 20 ms."""
+    def __init__(self, loop: asyncio.AbstractEventLoop, packets: list[bytes]) -> None:
+        from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
+        from aiortc.mediastreams import MediaStreamError
 
-        kind = "audio"
+        from voicegw.media.opus import OpusDecoder
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.count = 0
-            self.start: float | None = None
-            self.sent_at: list[float] = []
-            self.burst_index = 0
-            self.offset = 0.0
+        class Idle(MediaStreamTrack):
+            kind = "audio"
 
-        async def recv(self) -> Any:
-            if self.start is None:
-                self.start = loop.time() + random.random() * PTIME
-            await asyncio.sleep(max(0.0, self.start + self.count * PTIME - loop.time()))
-            packet = Packet(packets[self.count % len(packets)])
-            packet.pts = self.count * 960
-            packet.time_base = fractions.Fraction(1, 48000)
-            self.sent_at.append(loop.time())
-            self.count += 1
-            return packet
-
-    return OpusMic()
-
-
-class Probe:
-    """Stands in for the browser's jitter buffer: timestamps and decodes each packet."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from av import CodecContext
+            async def recv(self) -> Any:
+                await asyncio.Event().wait()
+                raise MediaStreamError
 
         self.loop = loop
+        self.packets = packets
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.transceiver = self.pc.addTransceiver(Idle(), direction="sendrecv")
         self.stream = Stream(48000)
-        self.decoder: Any = CodecContext.create("libopus", "r")
-        self.decoder.format, self.decoder.layout, self.decoder.sample_rate = "s16", "mono", 48000
+        self.decoder = OpusDecoder(8000)
+        self.sent_at: list[float] = []
+        self.path: Any = None
+        self.payload_type = 0
+        self.ssrc = 0
+        self.timestamp = random.getrandbits(32)
 
-    def add(self, packet: Any) -> tuple[bool, None]:
-        from av import Packet
+    async def offer(self, opus: list[Any]) -> str:
+        from voicegw.media.webrtc import offered_host_addresses
+        from voicegw.media.webrtc_rtp import LegCounters, MediaPath
 
+        self.transceiver.setCodecPreferences(opus)
+        with offered_host_addresses(LOOPBACK):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp = str(self.pc.localDescription.sdp)
+        match = re.search(r"a=rtpmap:(\d+) opus/48000", sdp)
+        assert match is not None
+        self.payload_type = int(match.group(1))
+        self.ssrc = self.transceiver.sender._ssrc
+        self.path = MediaPath(self.transceiver.sender.transport, self, LegCounters())
+        self.pc.on("connectionstatechange", self.path.update)
+        return sdp
+
+    def packet(self, packet: Any) -> None:
+        """The gateway's audio, authenticated: its arrival, then its onsets."""
         arrival = self.loop.time()
         self.stream.packet(packet.sequence_number, packet.timestamp, arrival)
-        frames = self.decoder.decode(Packet(packet.payload))
         if self.stream.counting:
-            pcm = np.concatenate([f.to_ndarray().ravel() for f in frames])
-            self.stream.samples(pcm, arrival, 48000)
-        return False, None
+            pcm = np.frombuffer(self.decoder.decode(packet.payload), dtype=np.int16)
+            self.stream.samples(pcm, arrival, 8000)
+
+    def speak(self, until: float) -> Paced:
+        return Paced(self.loop, self.send, until)
+
+    def send(self, n: int, now: float) -> None:
+        header = RTP_HEADER.pack(
+            0x80, self.payload_type, n & 0xFFFF, (self.timestamp + n * 960) & 0xFFFFFFFF, self.ssrc
+        )
+        if self.path.send(header + self.packets[n % len(self.packets)]):
+            self.sent_at.append(now)
+        else:
+            self.sent_at.append(-1.0)  # keeps the index: burst onsets are found by position
 
 
 async def load_main(legs: int, duration: float, control_port: int) -> None:
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-
-    from voicegw.media.webrtc import offered_host_addresses
+    from aiortc import RTCRtpSender, RTCSessionDescription
 
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection(HOST, control_port)
@@ -407,88 +440,80 @@ async def load_main(legs: int, duration: float, control_port: int) -> None:
     packets, burst_index, burst_offset = opus_reference()
     opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
     callers: list[Caller] = []
-    peers: list[RTCPeerConnection] = []
-    mics: list[Any] = []
-    probes: list[Probe] = []
+    browsers: list[Browser] = []
     setup_started = time.monotonic()
     for _ in range(legs):
         caller = Caller(loop)
         await loop.create_datagram_endpoint(lambda c=caller: c, local_addr=(HOST, 0))
         assert caller.transport is not None
-        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        mic = browser_track(loop, packets)
-        transceiver = peer.addTransceiver(mic, direction="sendrecv")
-        transceiver.setCodecPreferences(opus)
-        with offered_host_addresses(LOOPBACK):
-            await peer.setLocalDescription(await peer.createOffer())
+        browser = Browser(loop, packets)
         reply = await ask(
             {
                 "op": "leg",
-                "offer": peer.localDescription.sdp,
+                "offer": await browser.offer(opus),
                 "caller": list(caller.transport.get_extra_info("sockname")[:2]),
             }
         )
-        await peer.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
-        probe = Probe(loop)
-        transceiver.receiver._RTCRtpReceiver__jitter_buffer = probe
+        await browser.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=reply["answer"], type="answer")
+        )
         caller.remote = (reply["rtp"][0], reply["rtp"][1])
         callers.append(caller)
-        peers.append(peer)
-        mics.append(mic)
-        probes.append(probe)
+        browsers.append(browser)
     deadline = loop.time() + setup_timeout(legs)
     settled = ("connected", "failed", "closed")
     while loop.time() < deadline:
-        if all(p.connectionState in settled for p in peers):
+        if all(b.pc.connectionState in settled for b in browsers):
             break
         await asyncio.sleep(0.1)
     setup = time.monotonic() - setup_started
     # Legs that never connected (ICE or DTLS gave up on a starved machine) are counted,
     # and left out of the media figures.
-    up = [i for i, p in enumerate(peers) if p.connectionState == "connected"]
+    up = [i for i, b in enumerate(browsers) if b.pc.connectionState == "connected"]
     if not up:
         raise SystemExit("no peer connection connected")
-    callers, mics, probes = [callers[i] for i in up], [mics[i] for i in up], [probes[i] for i in up]
+    callers, browsers = [callers[i] for i in up], [browsers[i] for i in up]
     counting_from = loop.time() + WARMUP
     until = counting_from + duration
-    players = [asyncio.create_task(c.play(until, counting_from)) for c in callers]
+    players = [c.play(until, counting_from).done for c in callers]
+    players += [b.speak(until).done for b in browsers]
     await asyncio.sleep(WARMUP)
     for c in callers:
         c.stream.counting = True
-    for p in probes:
-        p.stream.counting = True
+    for b in browsers:
+        b.stream.counting = True
     emit({"phase": "media"})
     await asyncio.sleep(duration)
     emit({"phase": "done"})
     for c in callers:
         c.stream.counting = False
-    for p in probes:
-        p.stream.counting = False
+    for b in browsers:
+        b.stream.counting = False
     gateway = await ask({"op": "stats"})
     await asyncio.gather(*players)
 
     # Browser -> gateway -> caller: when each burst's onset left, by the reference stream.
-    def mic_bursts(mic: Any) -> list[float]:
+    def mic_bursts(browser: Browser) -> list[float]:
         return [
             t + burst_offset
-            for i, t in enumerate(mic.sent_at)
+            for i, t in enumerate(browser.sent_at)
             if i % PERIOD_FRAMES == burst_index and counting_from <= t < until - 0.5
         ]
 
-    to_sip_sent = [mic_bursts(m) for m in mics]
+    to_sip_sent = [mic_bursts(b) for b in browsers]
     to_sip = [
         x for sent, c in zip(to_sip_sent, callers, strict=True) for x in pair(sent, c.stream.onsets)
     ]
     to_webrtc = [
         x
-        for c, p in zip(callers, probes, strict=True)
-        for x in pair([s for s in c.sent_bursts if s < until - 0.5], p.stream.onsets)
+        for c, b in zip(callers, browsers, strict=True)
+        for x in pair([s for s in c.sent_bursts if s < until - 0.5], b.stream.onsets)
     ]
     mic_pacing = [
-        abs(b - a - PTIME)
-        for m in mics
-        for a, b in zip(m.sent_at, m.sent_at[1:], strict=False)
-        if a >= counting_from
+        abs(y - x - PTIME)
+        for b in browsers
+        for x, y in zip(b.sent_at, b.sent_at[1:], strict=False)
+        if x >= counting_from and y >= 0
     ]
 
     def direction(streams: list[Stream], latency: list[float], bursts: int) -> dict[str, Any]:
@@ -512,7 +537,7 @@ async def load_main(legs: int, duration: float, control_port: int) -> None:
                 "legs_connected": len(up),
                 "setup_seconds": setup,
                 "to_webrtc": direction(
-                    [p.stream for p in probes],
+                    [b.stream for b in browsers],
                     to_webrtc,
                     sum(len([s for s in c.sent_bursts if s < until - 0.5]) for c in callers),
                 ),
@@ -526,8 +551,8 @@ async def load_main(legs: int, duration: float, control_port: int) -> None:
         }
     )
     writer.close()
-    for peer in peers:
-        await peer.close()
+    for browser in browsers:
+        await browser.pc.close()
     for caller in callers:
         if caller.transport is not None:
             caller.transport.close()

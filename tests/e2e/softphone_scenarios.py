@@ -13,7 +13,7 @@ import os
 import socket
 import wave
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from voicegw.api.app import create_app
 from voicegw.calls.agents import AgentCall, AgentDirectory, CallState, Presence
-from voicegw.media.webrtc import FRAME_BYTES, IterSource, WebRtcConfig
+from voicegw.media.webrtc import FRAME_BYTES, LiveSource, WebRtcConfig
 from voicegw.store import migrate, tenants, tokens
 from voicegw.store.db import create_engine, session_factory
 from voicegw.tenant_settings import TenantSettings
@@ -65,10 +65,15 @@ def best_normalised_correlation(captured: np.ndarray, loop: np.ndarray) -> float
     return float(ncc.max())
 
 
-def caller_source() -> IterSource:
+async def play_caller(source: LiveSource) -> None:
+    """The caller's side of the bridge: a frame pushed every 20 ms, as the media clock does."""
     pcm = (tone_bursts(CALLER_TONES, 0.25, 8000, 0.5) * 32767).astype(np.int16).tobytes()
     frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
-    return IterSource(itertools.cycle(frames))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n, frame in enumerate(itertools.cycle(frames)):
+        await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
+        source.push(frame)
 
 
 @dataclass
@@ -79,14 +84,17 @@ class Gateway:
     tenant_id: str
     agent_id: int
     captured: list[bytes]
+    callers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def offer(self) -> AgentCall:
         self.captured.clear()
+        source = LiveSource()
+        self.callers.append(asyncio.create_task(play_caller(source)))
         return self.agents.offer_call(
             tenant_id=self.tenant_id,
             agent_id=self.agent_id,
             caller=CALLER,
-            source=caller_source(),
+            source=source,
             sink=self.captured.append,
         )
 
@@ -116,9 +124,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
+    gateway = Gateway(f"http://127.0.0.1:{port}", agents, secret, "acme", agent.id, [])
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", agents, secret, "acme", agent.id, [])
+        yield gateway
     finally:
+        for caller in gateway.callers:
+            caller.cancel()
         await runner.cleanup()
         await engine.dispose()
 
@@ -210,6 +221,8 @@ async def test_agent_answers_hears_the_caller_is_heard_sends_dtmf_and_hangs_up(
     await page.click("#keypad button:text-is('#')")
     async with asyncio.timeout(5):
         await call.until(lambda c: c.dtmf == ["5", "#"])
+    # They came in the call's audio (RFC 4733, the browser's RTCDTMFSender), not signalled.
+    assert call.leg is not None and call.leg.counters.digits == 2
 
     gateway.agents.push_transcript(call.call_id, speaker="caller", text="my order", final=False)
     gateway.agents.push_transcript(

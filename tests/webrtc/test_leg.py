@@ -11,11 +11,11 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from aiortc.rtp import RtpPacket
 
-from voicegw.media import webrtc
+from voicegw.media import webrtc_rtp
 from voicegw.media.g711 import ulaw_encode
 from voicegw.media.opus import OpusError
+from voicegw.media.rtp import RtpPacket
 from voicegw.media.webrtc import (
     FRAME_BYTES,
     IterSource,
@@ -24,8 +24,8 @@ from voicegw.media.webrtc import (
     WebRtcConfig,
     WebRtcLeg,
     WebRtcLegError,
-    _InlineReceiver,
 )
+from voicegw.media.webrtc_rtp import RtpReceiver
 
 LOOPBACK_ONLY = WebRtcConfig(host_addresses=("127.0.0.1",))
 
@@ -72,7 +72,7 @@ async def test_audio_flows_both_ways_resampled_to_and_from_8khz(browser: Any) ->
     assert dominant_frequency(to_browser, 48000) == pytest.approx(1000, abs=10)
 
 
-async def test_answer_offers_only_the_configured_host_address_and_opus_then_pcmu(
+async def test_answer_offers_only_the_configured_host_address_opus_pcmu_and_dtmf_events(
     browser: Any,
 ) -> None:
     leg = WebRtcLeg(LOOPBACK_ONLY, LiveSource(), lambda _frame: None)
@@ -85,7 +85,12 @@ async def test_answer_offers_only_the_configured_host_address_and_opus_then_pcmu
     audio = re.search(r"m=audio \d+ \S+ ([\d ]+)", answer)
     assert audio is not None
     names = [re.search(rf"a=rtpmap:{pt} ([^/]+)/", answer) for pt in audio.group(1).split()]
-    assert [n.group(1) for n in names if n] == ["opus", "PCMU"]
+    assert [n.group(1) for n in names if n] == [
+        "opus",
+        "PCMU",
+        "telephone-event",  # RFC 4733 at 48 kHz (with Opus, as Chromium sends it) and 8 kHz
+        "telephone-event",
+    ]
 
 
 async def test_hold_and_mute_deliver_silence_while_frames_keep_their_pace(browser: Any) -> None:
@@ -240,24 +245,22 @@ async def test_a_live_source_frame_leaves_at_once_and_silence_keeps_a_20_ms_pace
 
 def pcmu_packet(seq: int, ssrc: int = 7, level: int = 0) -> RtpPacket:
     pcm = np.full(160, level, dtype=np.int16).tobytes()
-    packet = RtpPacket(payload_type=0, sequence_number=seq, timestamp=seq * 160, ssrc=ssrc)
-    packet.payload = ulaw_encode(pcm)
-    return packet
+    return RtpPacket(0, seq, seq * 160, ssrc, ulaw_encode(pcm))
 
 
 def test_packets_are_delivered_on_arrival_and_late_ones_dropped_and_gaps_counted() -> None:
     counters = LegCounters()
     delivered: list[bytes] = []
-    receiver = _InlineReceiver({0: "PCMU"}, delivered.append, counters)
+    receiver = RtpReceiver({0: "PCMU"}, delivered.append, counters)
     for seq in (65534, 65535, 0, 0, 65535, 3, 4):  # wraps; a duplicate, a late one, a gap
-        assert receiver.add(pcmu_packet(seq)) == (False, None)
+        receiver.packet(pcmu_packet(seq))
     assert len(delivered) == 5 and {len(f) for f in delivered} == {FRAME_BYTES}
     assert (counters.late, counters.lost) == (2, 2)
-    receiver.add(pcmu_packet(100, ssrc=8, level=1000))  # a new sender starts afresh
+    receiver.packet(pcmu_packet(100, ssrc=8, level=1000))  # a new sender starts afresh
     assert counters.lost == 2 and len(delivered) == 6
     assert np.abs(np.frombuffer(delivered[-1], dtype=np.int16) - 1000).max() < 40
-    receiver.add(pcmu_packet(101, ssrc=8))
-    receiver.add(RtpPacket(payload_type=96, sequence_number=102, ssrc=8))  # not negotiated
+    receiver.packet(pcmu_packet(101, ssrc=8))
+    receiver.packet(RtpPacket(96, 102, 0, 8, b"x"))  # not negotiated
     assert len(delivered) == 7
 
 
@@ -269,9 +272,9 @@ def test_a_failing_frame_consumer_is_counted_and_does_not_stop_receiving(
     def broken(_pcm: bytes) -> None:
         raise RuntimeError("consumer bug")
 
-    receiver = _InlineReceiver({0: "PCMU"}, broken, counters)
+    receiver = RtpReceiver({0: "PCMU"}, broken, counters)
     for seq in range(3):
-        assert receiver.add(pcmu_packet(seq)) == (False, None)
+        receiver.packet(pcmu_packet(seq))
     assert counters.consumer_failures == 3 and counters.frames_received == 3
     assert "webrtc frame consumer failed" in caplog.text
 
@@ -281,23 +284,21 @@ def test_undecodable_opus_is_counted_and_a_missing_libopus_drops_only_that_codec
 ) -> None:
     counters = LegCounters()
     delivered: list[bytes] = []
-    receiver = _InlineReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
-    garbage = RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=7)
-    garbage.payload = b"\xff\xff\xff"  # a code-3 packet with an impossible frame count
-    assert receiver.add(garbage) == (False, None)
+    receiver = RtpReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
+    garbage = RtpPacket(111, 1, 0, 7, b"\xff\xff\xff")  # code 3, an impossible frame count
+    receiver.packet(garbage)
     assert counters.undecodable == 1 and not delivered
 
     def no_libopus(*args: object) -> None:
         raise OpusError("libopus not found")
 
-    monkeypatch.setattr(webrtc, "OpusDecoder", no_libopus)
-    receiver = _InlineReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
+    monkeypatch.setattr(webrtc_rtp, "OpusDecoder", no_libopus)
+    receiver = RtpReceiver({111: "opus", 0: "PCMU"}, delivered.append, counters)
     for seq in (1, 2):
-        opus = RtpPacket(payload_type=111, sequence_number=seq, timestamp=0, ssrc=7)
-        opus.payload = b"\xf8\xff\xfe"
-        assert receiver.add(opus) == (False, None)
+        receiver.packet(RtpPacket(111, seq, 0, 7, b"\xf8\xff\xfe"))
     assert caplog.text.count("webrtc decoder unavailable") == 1  # said once, not per packet
-    assert receiver.add(pcmu_packet(3)) == (False, None) and len(delivered) == 1
+    receiver.packet(pcmu_packet(3))
+    assert len(delivered) == 1
 
 
 async def test_a_malformed_trickled_candidate_is_refused_not_asserted_on() -> None:

@@ -70,6 +70,7 @@ from voicegw.calls.agent_transfers import (
 from voicegw.calls.agents import (
     AgentCall,
     AgentDirectory,
+    HoldSilence,
     SoftphoneError,
     TransferView,
 )
@@ -118,13 +119,6 @@ log = logging.getLogger(__name__)
 _UNANSWERED = frozenset({SipCallState.OFFERED, SipCallState.RINGING})
 #: The longest an overflow announcement may hold the line.
 _MAX_ANNOUNCEMENT_SECONDS = 60.0
-
-
-class _Silence:
-    """What an agent hears while the caller is on hold for a transfer."""
-
-    def next_frame(self) -> bytes | None:
-        return None
 
 
 def _drop(_pcm: bytes) -> None:
@@ -734,7 +728,7 @@ class AgentBridge:
         assert first is not None
         if isinstance(action, HoldCaller):
             bridged.connected = False
-            self.agents.reroute(first, _Silence(), _drop)
+            self.agents.reroute(first, HoldSilence(), _drop)
             self._hold_music(bridged)
         elif isinstance(action, RingTarget):
             await self._ring_target(bridged, transfer, action)

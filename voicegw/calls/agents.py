@@ -13,7 +13,7 @@ source and sink carry on. A second sign-in takes over: the old socket is told
 (:class:`SessionReplaced`) and closed.
 
 The caller side is a Python API (:meth:`AgentDirectory.offer_call`): it brings
-a :class:`~voicegw.media.webrtc.FrameSource` (what the agent hears) and a sink
+a :class:`~voicegw.media.webrtc.LiveSource` (what the agent hears) and a sink
 for the agent's 20 ms 8 kHz PCM frames. The SIP bridge will use it; tests use
 it to play generated audio and capture what the browser sends back.
 
@@ -41,7 +41,7 @@ from typing import Final, Protocol, TypeVar
 
 from voicegw.calls.agent_transfers import TargetKind, TransferError, TransferMode, TransferTarget
 from voicegw.logs import mask_number
-from voicegw.media.webrtc import FrameSource, WebRtcConfig, WebRtcLeg, WebRtcLegError
+from voicegw.media.webrtc import LiveSource, WebRtcConfig, WebRtcLeg, WebRtcLegError
 
 __all__ = [
     "CALL_RULES",
@@ -287,6 +287,10 @@ class Outbox(Protocol):
 # --- state -------------------------------------------------------------------------------
 
 
+class HoldSilence(LiveSource):
+    """What an agent hears while the caller is held for a transfer: a source nobody feeds."""
+
+
 @dataclass(eq=False)
 class AgentCall:
     """One call offered to an agent, with its caller-side audio endpoints."""
@@ -295,7 +299,7 @@ class AgentCall:
     tenant_id: str
     agent_id: int
     caller: str
-    source: FrameSource
+    source: LiveSource
     sink: Callable[[bytes], None]
     state: CallState = CallState.RINGING
     muted: bool = False
@@ -319,6 +323,8 @@ class AgentCall:
     offered_at: float = field(default_factory=time.time)
     answered_at: float | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Who is handed what the agent hears as it is made (the softphone's WebRTC leg).
+    listener: Callable[[bytes], None] | None = None
 
     def view(self) -> CallView:
         return CallView(
@@ -339,6 +345,18 @@ class AgentCall:
     def next_frame(self) -> bytes | None:
         """What the agent hears now: read through the call so a transfer can re-route it."""
         return self.source.next_frame()
+
+    def listen(self, on_frame: Callable[[bytes], None] | None) -> None:
+        """Hand what the agent hears to ``on_frame`` as it is made, across re-routes."""
+        self.listener = on_frame
+        self.source.listen(on_frame)
+
+    def route(self, source: LiveSource, sink: Callable[[bytes], None]) -> None:
+        """Point the agent's audio at other parties; a listener moves to the new source."""
+        if self.listener is not None:
+            self.source.listen(None)
+            source.listen(self.listener)
+        self.source, self.sink = source, sink
 
     def from_agent_audio(self, pcm: bytes) -> None:
         """The agent's 20 ms frame, to wherever the call is routed now."""
@@ -524,7 +542,7 @@ class AgentDirectory:
         tenant_id: str,
         agent_id: int,
         caller: str,
-        source: FrameSource,
+        source: LiveSource,
         sink: Callable[[bytes], None],
         control: TransferControl | None = None,
         from_agent: int | None = None,
@@ -588,7 +606,7 @@ class AgentDirectory:
     def reroute(
         self,
         call: AgentCall,
-        source: FrameSource,
+        source: LiveSource,
         sink: Callable[[bytes], None],
         *,
         caller: str | None = None,
@@ -599,7 +617,7 @@ class AgentDirectory:
         ``caller`` set: the call now carries that caller (a consult call that
         became the caller's call); ``from_agent`` is then cleared.
         """
-        call.source, call.sink = source, sink
+        call.route(source, sink)
         if caller is not None:
             call.caller = caller
             call.from_agent = from_agent
@@ -694,8 +712,15 @@ class AgentDirectory:
             raise SoftphoneError("invalid_state", "digits can be sent on an active call only")
         if not digits or len(digits) > 32 or set(digits) - DTMF_DIGITS:
             raise SoftphoneError("invalid_dtmf", "digits are 1-32 of 0-9 * # A-D")
-        call.dtmf.extend(digits)
-        call._notify()
+        self._pressed(call, digits)
+
+    @staticmethod
+    def _pressed(call: AgentCall, digits: str) -> None:
+        """Keys the agent pressed: signalled (``call.dtmf``) or in the browser's RTP
+        (RFC 4733, from :class:`WebRtcLeg`); an inactive call's presses go nowhere."""
+        if call.state is CallState.ACTIVE:
+            call.dtmf.extend(digits)
+            call._notify()
 
     async def transfer(
         self, session: AgentSession, call_id: str, mode: str, kind: str, target: str
@@ -756,7 +781,11 @@ class AgentDirectory:
             await old.close()
         # The leg reads and writes through the call, so a transfer re-routes live audio.
         leg = WebRtcLeg(
-            self.webrtc, call, call.from_agent_audio, on_state=lambda _s: self._changed(call)
+            self.webrtc,
+            call,
+            call.from_agent_audio,
+            on_state=lambda _s: self._changed(call),
+            on_dtmf=lambda digit: self._pressed(call, digit),
         )
         leg.hold(call.held)
         leg.mute(call.muted)

@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from voicegw.calls.agent_bridge import AgentBridge
 from voicegw.calls.agent_transfers import TransferError, TransferMode, TransferTarget
-from voicegw.calls.agents import AgentCall, AgentDirectory, CallState
+from voicegw.calls.agents import AgentCall, AgentDirectory, CallState, HoldSilence
 from voicegw.calls.bridge import ContactLookup, store_contacts
 from voicegw.calls.call_media import RtpCallMedia
 from voicegw.calls.routing import (
@@ -73,7 +73,7 @@ from voicegw.calls.sip_service import tenant_realm
 from voicegw.calls.transfer import TransferProgress, TransferRequested
 from voicegw.logs import mask_number
 from voicegw.media.clock import MediaClock
-from voicegw.media.webrtc import FRAME_BYTES, LiveSource
+from voicegw.media.webrtc import FRAME_BYTES
 from voicegw.sip.registrar import Binding
 from voicegw.sip.uri import URI, SipURI, parse_uri
 from voicegw.store import sip_accounts, tenants
@@ -159,7 +159,7 @@ class _CallerRelay:
     def _direct(self) -> bool:
         call, transfer = self.call, self.call.transfer
         return (
-            isinstance(call.source, LiveSource)
+            not isinstance(call.source, HoldSilence)
             and call.from_agent is None
             and call.state is CallState.ACTIVE
             and (transfer is None or transfer.state not in ("ringing", "consulting"))
@@ -423,8 +423,8 @@ class SipAgentPhones:
 
         While the phone talks to the caller directly, the caller's RTP is relayed into
         the phone's leg as it arrives (:class:`_CallerRelay`). Otherwise (a transfer's
-        hold or consult) a live source is followed as it is fed, as a softphone's track
-        follows it, and any other source (silence) is read every 20 ms.
+        hold or consult) the call's source is followed as it is fed, as a softphone
+        follows it.
         """
         loop = asyncio.get_running_loop()
         due = loop.time()
@@ -432,12 +432,7 @@ class SipAgentPhones:
             while not leg.ended.is_set() and call.state is not CallState.ENDED:
                 due += FRAME_SECONDS
                 direct = relay.update()
-                source = call.source
-                if isinstance(source, LiveSource):
-                    pcm = await source.wait_frame(due)  # drained while relaying, too
-                else:
-                    await asyncio.sleep(max(0.0, due - loop.time()))
-                    pcm = call.next_frame()
+                pcm = await call.source.wait_frame(due)  # drained while relaying, too
                 now = loop.time()
                 if now - due > _RESYNC_SECONDS:
                     due = now  # the loop stalled: count afresh rather than race to catch up

@@ -5,32 +5,26 @@ browser's SDP and returns a complete answer (aiortc gathers every candidate
 before it returns; it does not trickle). Our side of the audio is 20 ms
 frames of 16-bit little-endian mono PCM at 8 kHz (:data:`FRAME_BYTES`).
 
-aiortc does the network half (ICE, DTLS-SRTP, RTP/RTCP); the audio half is
-ours, because aiortc's own adds 60-120 ms that a phone call cannot spare:
+aiortc does the connection: ICE, the DTLS handshake that keys SRTP, RTCP. The
+RTP itself is ours (:mod:`voicegw.media.webrtc_rtp`), because aiortc's media
+path adds 60-120 ms that a phone call cannot spare (a jitter buffer, a decoder
+thread) and costs, per packet, most of what a hundred legs can spend:
 
-* **From the browser**, aiortc's receiver holds packets in a jitter buffer
-  (4 frames by default; even with none it releases a frame only when the next
-  one arrives: +20 ms), then hands them to a decoder thread that posts frames
-  back to the loop. We replace that buffer (:class:`_InlineReceiver`): each
-  packet is decoded to 8 kHz on arrival, on the loop, and handed to
-  ``on_frame`` at once. Late and duplicate
-  packets are dropped; there is no second jitter buffer here, the caller's
-  phone has one. ``on_frame`` is a plain callback that must not block.
-* **Towards the browser**, :class:`TelephonyTrack` returns packets already
-  encoded (Opus from 8 kHz input, or G.711 µ-law), which aiortc only
-  packetises: no encoder thread hop, no resampler in front of the encoder.
-  A :class:`LiveSource` (a caller's frames pushed in real time) wakes the
-  track when a frame is pushed, so a frame leaves as soon as it exists rather
-  than at the track's next 20 ms tick; with nothing pushed the track keeps a
-  20 ms pace of silence. Other sources (:class:`IterSource`) are paced.
-* **Rate conversion** is libopus' own, both ways. The browser's 48 kHz Opus
-  is decoded straight to 8 kHz by libopus' decoder (:mod:`voicegw.media.opus`:
-  it band-limits and converts inside the decoder; no added delay, 26 µs a
-  frame where decoding at 48 kHz and resampling with FFmpeg's libswresample
-  took 44 µs and 2 ms of delay; soxr's streaming engines hold back far longer
-  at this ratio: LQ 20 ms, HQ 70 ms, variable-rate 28 ms). libopus encodes our
-  8 kHz input as narrowband, and the browser's decoder plays it at 48 kHz.
-  Opus runs in libopus' ``lowdelay`` mode (2.5 ms look-ahead instead of 6.5 ms).
+* **From the browser**, each packet is authenticated, decoded to 8 kHz and
+  handed to ``on_frame`` as it arrives. Late and duplicate packets are
+  dropped; there is no second jitter buffer here, the caller's phone has one.
+  ``on_frame`` is a plain callback that must not block.
+* **Towards the browser**, a :class:`PushSource` (:class:`LiveSource`: a
+  caller's frames pushed in real time) has each frame encoded and sent the
+  moment it is pushed; with nothing pushed, silence keeps a 20 ms pace. Other
+  sources (:class:`IterSource`) are pulled every 20 ms. One loop timer per
+  leg (:class:`_Outbound`), no task.
+* **Rate conversion** is libopus' own, both ways (:mod:`voicegw.media.opus`):
+  the browser's 48 kHz Opus is decoded straight to 8 kHz (it band-limits and
+  converts inside the decoder; no added delay, where FFmpeg's libswresample
+  took 2 ms and soxr's streaming engines hold back 20-70 ms at this ratio),
+  and our 8 kHz frames are encoded as narrowband in libopus' restricted
+  low-delay mode (2.5 ms look-ahead instead of 6.5 ms).
 
 Network settings are explicit (:class:`WebRtcConfig`):
 
@@ -45,53 +39,56 @@ Network settings are explicit (:class:`WebRtcConfig`):
   with a function that reads a :class:`~contextvars.ContextVar` set only while
   this leg gathers. Other aiortc users in the process keep aioice's choice.
 * Security: DTLS-SRTP is aiortc's (a fresh self-signed certificate per
-  connection, its fingerprint in the SDP); our receive path sits behind
-  aiortc's SRTP check, so it only ever sees authenticated packets. Note that
-  aioice 0.13 does *not* filter by address: ``StunProtocol.datagram_received``
-  hands every non-STUN datagram to the connection whatever its source,
-  validated pair or not. What keeps injected media out is SRTP
-  authentication (without the keys from our DTLS handshake, whose peer must
-  present the certificate the signalled fingerprint names, ``unprotect``
-  fails and aiortc drops the packet) - see ``tests/webrtc/test_leg.py``.
-  Unauthenticated DTLS records from a stranger can still disturb a handshake
-  in progress (a nuisance, not an injection).
-* DTMF: aiortc has no ``telephone-event`` codec, so it never negotiates
-  RFC 4733 with a browser; the softphone page sends digits over signalling.
+  connection, its fingerprint in the SDP). aioice 0.13 does not filter by
+  address (``StunProtocol.datagram_received`` hands every non-STUN datagram
+  on, whatever its source), so our gate in front of each socket does: a
+  datagram other than STUN from an address no ICE check has validated is
+  dropped before DTLS or SRTP sees it. Media from the validated address must
+  then pass SRTP authentication with the keys of our DTLS handshake, whose
+  peer must present the certificate the signalled fingerprint names - see
+  ``tests/webrtc/test_leg.py``.
+* DTMF: aiortc has no ``telephone-event`` codec; we add it to aiortc's audio
+  codecs (:func:`_install_telephone_event`, at both clock rates browsers
+  offer) so that answers negotiate RFC 4733, and the browser's
+  ``RTCDTMFSender`` key presses reach ``on_dtmf``. aiortc never handles those
+  packets: the RTP path is ours.
 
-The receive hook replaces an aiortc private attribute; it is checked and
-fails loudly when aiortc changes. ``benchmarks/bench_webrtc.py`` measures the
-latency and the number of concurrent legs a node carries.
+The media path reads aiortc and aioice private attributes; they are checked
+when a leg is set up, which fails loudly when aiortc changes.
+``benchmarks/bench_webrtc.py`` measures the latency and the number of
+concurrent legs a node carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, cast
 
 import aioice.ice
+import aiortc.codecs
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpCodecParameters,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
-from av import AudioFrame, CodecContext, Packet
+from av import AudioFrame
 
-from .g711 import ulaw_decode, ulaw_encode
-from .opus import OpusDecoder, OpusError
+from .dtmf import TELEPHONE_EVENT
+from .webrtc_rtp import LegCounters, MediaPath, RtpReceiver, RtpSender, WebRtcPathError
 
 __all__ = [
     "FRAME_BYTES",
@@ -99,8 +96,9 @@ __all__ = [
     "FrameSource",
     "IceServer",
     "IterSource",
+    "LegCounters",
     "LiveSource",
-    "TelephonyTrack",
+    "PushSource",
     "WebRtcConfig",
     "WebRtcLeg",
     "WebRtcLegError",
@@ -109,27 +107,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RATE: Final = 8000
-WIRE_RATE: Final = 48000
 FRAME_SECONDS: Final = 0.02
 FRAME_SAMPLES: Final = 160
 FRAME_BYTES: Final = FRAME_SAMPLES * 2
-WIRE_SAMPLES: Final = 960
 SILENCE: Final = bytes(FRAME_BYTES)
 
 #: Codecs we answer with, by aiortc MIME type; order is preference.
 CODEC_MIME: Final = {"opus": "audio/opus", "PCMU": "audio/PCMU"}
+_EVENTS_MIME: Final = "audio/telephone-event"
+#: RFC 4733 key presses, at the clock rates browsers offer them (Opus' and 8 kHz); the
+#: payload types only matter in an offer of ours (an answer takes the offer's).
+_TELEPHONE_EVENT_CODECS: Final = (
+    RTCRtpCodecParameters(mimeType=_EVENTS_MIME, clockRate=48000, payloadType=110),
+    RTCRtpCodecParameters(mimeType=_EVENTS_MIME, clockRate=8000, payloadType=126),
+)
 
-#: Where aiortc's receiver keeps the jitter buffer it hands every incoming packet to.
-_JITTER_ATTR: Final = "_RTCRtpReceiver__jitter_buffer"
 #: How long past its due time a live source's frame is waited for before silence goes.
 _LIVE_GRACE: Final = FRAME_SECONDS
-#: A paced track that fell further behind than this (a stalled loop) skips ahead.
+#: A paced source that fell further behind than this (a stalled loop) skips ahead.
 _MAX_BEHIND: Final = 0.1
-#: Opus towards the browser: narrowband from our 8 kHz frames, CELT low-delay mode.
-_OPUS_BITRATE: Final = 32000
-#: A sequence jump this large is a sender restart, not loss.
-_MAX_SEQ_JUMP: Final = 3000
 #: RFC 8839 candidate-attribute value; aiortc's parser asserts instead of raising.
 _CANDIDATE: Final = re.compile(
     r"\S{1,32} \d{1,3} (?i:udp|tcp) \d{1,10} [0-9A-Za-z.:%-]{1,255} \d{1,5} typ \w+(?: [ -~]*)?"
@@ -178,6 +174,15 @@ class FrameSource(Protocol):
     def next_frame(self) -> bytes | None: ...
 
 
+class PushSource(FrameSource, Protocol):
+    """A source whose producer runs in real time and can hand each frame over as it is made."""
+
+    @property
+    def listener(self) -> Callable[[bytes], None] | None: ...
+
+    def listen(self, on_frame: Callable[[bytes], None] | None) -> None: ...
+
+
 class IterSource:
     """Frames from an iterable (a prompt, a test signal); silence once it is exhausted."""
 
@@ -196,18 +201,29 @@ class IterSource:
 class LiveSource:
     """Frames pushed by a producer running in real time.
 
-    Bounded: when the producer runs ahead, the oldest frames go, so the delay
-    it adds stays under ``max_frames`` x 20 ms. A :class:`TelephonyTrack`
-    playing it waits in :meth:`wait_frame`, so a pushed frame leaves at once.
+    A WebRTC leg playing it listens (:meth:`listen`): each pushed frame is
+    handed to it at once, not queued. Otherwise frames queue for
+    :meth:`next_frame` and :meth:`wait_frame`, bounded: when the producer runs
+    ahead, the oldest frames go, so the delay it adds stays under
+    ``max_frames`` x 20 ms.
     """
 
     def __init__(self, max_frames: int = 5) -> None:
         self._frames: deque[bytes] = deque(maxlen=max_frames)
         self._waiters: list[asyncio.Future[None]] = []
+        self.listener: Callable[[bytes], None] | None = None
+
+    def listen(self, on_frame: Callable[[bytes], None] | None) -> None:
+        """Hand every pushed frame to ``on_frame`` from now on (None: queue them again)."""
+        self.listener = on_frame
+        self._frames.clear()
 
     def push(self, frame: bytes) -> None:
         if len(frame) != FRAME_BYTES:
             raise ValueError(f"frames are {FRAME_BYTES} bytes of 8 kHz 16-bit PCM")
+        if self.listener is not None:
+            self.listener(frame)
+            return
         self._frames.append(frame)
         for waiter in self._waiters:
             if not waiter.done():
@@ -275,251 +291,104 @@ def _install_host_address_hook() -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
-# --- audio conversion --------------------------------------------------------------------
-
-#: An encoded packet of no container stream (PyAV's stubs make Packet generic in its
-#: stream; the runtime class is not subscriptable).
-_Encoded: TypeAlias = "Packet[Any]"
-
-_WIRE_TIME_BASE: Final = fractions.Fraction(1, WIRE_RATE)
-_RATE_TIME_BASE: Final = fractions.Fraction(1, RATE)
+def _install_telephone_event() -> None:
+    audio = aiortc.codecs.CODECS["audio"]
+    if not any(c.mimeType.lower() == _EVENTS_MIME for c in audio):
+        audio.extend(_TELEPHONE_EVENT_CODECS)
 
 
-class _OpusEncoder:
-    """20 ms of 8 kHz PCM -> one Opus packet (RTP clock 48 kHz)."""
-
-    def __init__(self) -> None:
-        codec: Any = CodecContext.create("libopus", "w")
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = RATE
-        codec.bit_rate = _OPUS_BITRATE
-        codec.time_base = _RATE_TIME_BASE
-        codec.options = {"application": "lowdelay", "frame_duration": "20"}
-        self._codec = codec
-        # One frame, refilled each time: libopus has consumed it when encode() returns,
-        # and building a frame from an array costs more than the copy.
-        self._frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        self._frame.sample_rate = RATE
-        self._count = 0
-
-    def encode(self, pcm: bytes) -> _Encoded:
-        frame = self._frame
-        frame.planes[0].update(pcm)
-        frame.pts = self._count * FRAME_SAMPLES
-        # libopus codes a whole 20 ms frame per call: one frame in, one packet out.
-        (packet,) = self._codec.encode(frame)
-        assert isinstance(packet, Packet)
-        packet.pts = self._count * WIRE_SAMPLES
-        packet.time_base = _WIRE_TIME_BASE
-        self._count += 1
-        return packet
+# --- towards the browser -----------------------------------------------------------------
 
 
-class _PcmuEncoder:
-    def __init__(self) -> None:
-        self._count = 0
+class _IdleTrack(MediaStreamTrack):
+    """The track aiortc's sender is given: it never yields a frame.
 
-    def encode(self, pcm: bytes) -> _Encoded:
-        packet: _Encoded = Packet(ulaw_encode(pcm))
-        packet.pts = self._count * FRAME_SAMPLES
-        packet.time_base = _RATE_TIME_BASE
-        self._count += 1
-        return packet
-
-
-class _Framer:
-    """Cuts a stream of 8 kHz PCM bytes into 20 ms frames, aligned on the packets.
-
-    A browser may send 10 ms packets (or 40 or 60): when the first packet yields
-    less than a frame, carrying that remainder would hold every later frame
-    back until the next packet; padding the first chunk in front, once, keeps
-    one packet in, one frame out.
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._primed = False
-
-    def cut(self, pcm: bytes) -> list[bytes]:
-        if not self._primed and pcm:
-            self._primed = True
-            pcm = bytes(-len(pcm) % FRAME_BYTES) + pcm
-        data = self._pending + pcm if self._pending else pcm
-        whole = len(data) - len(data) % FRAME_BYTES
-        self._pending = data[whole:]
-        return [data[i : i + FRAME_BYTES] for i in range(0, whole, FRAME_BYTES)]
-
-
-class _OpusDecoder:
-    """Opus payloads -> 20 ms frames at 8 kHz (libopus decoding to 8 kHz itself)."""
-
-    def __init__(self) -> None:
-        self._opus = OpusDecoder(RATE, 1)
-        self._framer = _Framer()
-
-    def decode(self, payload: bytes) -> list[bytes]:
-        return self._framer.cut(self._opus.decode(payload))
-
-
-class _PcmuDecoder:
-    def __init__(self) -> None:
-        self._framer = _Framer()
-
-    def decode(self, payload: bytes) -> list[bytes]:
-        return self._framer.cut(ulaw_decode(payload))
-
-
-_ENCODERS: Final[Mapping[str, Callable[[], _OpusEncoder | _PcmuEncoder]]] = {
-    "opus": _OpusEncoder,
-    "PCMU": _PcmuEncoder,
-}
-_DECODERS: Final[Mapping[str, Callable[[], _OpusDecoder | _PcmuDecoder]]] = {
-    "opus": _OpusDecoder,
-    "PCMU": _PcmuDecoder,
-}
-
-
-class TelephonyTrack(MediaStreamTrack):
-    """An aiortc audio track that plays a :class:`FrameSource` as encoded packets.
-
-    aiortc only packetises what :meth:`recv` returns. A :class:`LiveSource`'s
-    frames leave as soon as they are pushed (silence when none came within a
-    frame of when one was due); any other source is paced at 20 ms.
+    Our :class:`~voicegw.media.webrtc_rtp.RtpSender` sends the audio; aiortc's
+    sender is left with its RTCP (sender reports), which it keeps sending.
     """
 
     kind = "audio"
 
-    def __init__(self, source: FrameSource) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.source = source
-        self.silenced = False
-        self.frames_sent = 0
-        #: The negotiated codec we send ("opus" or "PCMU"); set by the leg.
-        self.codec = "opus"
-        self._encoder: _OpusEncoder | _PcmuEncoder | None = None
-        self._due: float | None = None
+        self._ended = asyncio.Event()
 
-    async def recv(self) -> _Encoded:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        source = self.source
-        if isinstance(source, LiveSource):
-            if self._due is None:
-                self._due = loop.time() + FRAME_SECONDS + _LIVE_GRACE
-            pulled = await source.wait_frame(self._due)
-            now = loop.time()
-            if pulled is None:
-                self._due = max(self._due + FRAME_SECONDS, now - _MAX_BEHIND)
-            else:
-                # The producer sets the pace; silence only if it misses a frame.
-                self._due = now + FRAME_SECONDS + _LIVE_GRACE
-        else:
-            now = loop.time()
-            if self._due is None:
-                self._due = now
-            await asyncio.sleep(max(0.0, self._due - now))
-            self._due = max(self._due + FRAME_SECONDS, loop.time() - _MAX_BEHIND)
-            pulled = source.next_frame()
-        if self._encoder is None:
-            self._encoder = _ENCODERS[self.codec]()
-        pcm = SILENCE if pulled is None or self.silenced else pulled
-        self.frames_sent += 1
-        return self._encoder.encode(pcm)
+    async def recv(self) -> AudioFrame:
+        await self._ended.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._ended.set()
 
 
-# --- receiving ---------------------------------------------------------------------------
+class _Outbound:
+    """Plays a :class:`FrameSource` towards the browser through ``send(pcm, now)``.
 
-
-@dataclass
-class LegCounters:
-    #: Packets decoded, frames handed to ``on_frame``.
-    frames_received: int = 0
-    frames_delivered: int = 0
-    #: Packets that never came (sequence gaps), came after a later one, or did not decode.
-    lost: int = 0
-    late: int = 0
-    undecodable: int = 0
-    #: Frames whose ``on_frame`` raised (logged; the leg carries on).
-    consumer_failures: int = 0
-    states: list[str] = field(default_factory=list)
-
-
-class _InlineReceiver:
-    """Takes the place of aiortc's receive jitter buffer: decodes each packet on arrival.
-
-    aiortc calls ``add(packet)`` on the loop for every authenticated RTP packet
-    and would queue what it returns for its decoder thread; we return nothing
-    and hand the decoded frames to ``deliver`` ourselves.
+    A source that can push (:class:`PushSource`) has each frame sent the
+    moment it is pushed; if none comes within a frame of when one was due,
+    silence goes at a 20 ms pace until one does. Any other source is pulled
+    every 20 ms. One loop timer per leg, no task: at a hundred legs a task
+    switch per frame costs more than the frame's encoding.
     """
 
-    def __init__(
-        self,
-        codecs: Mapping[int, str],
-        deliver: Callable[[bytes], None],
-        counters: LegCounters,
-    ) -> None:
-        self._codecs = dict(codecs)
-        self._deliver = deliver
-        self._counters = counters
-        self._decoders: dict[int, _OpusDecoder | _PcmuDecoder] = {}
-        self._ssrc: int | None = None
-        self._last_seq: int | None = None
+    def __init__(self, source: FrameSource, send: Callable[[bytes, float], None]) -> None:
+        self.source = source
+        self._send = send
+        self._loop = asyncio.get_running_loop()
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._listening = False
 
-    def add(self, packet: Any) -> tuple[bool, None]:
-        counters = self._counters
-        seq = int(packet.sequence_number)
-        if packet.ssrc != self._ssrc:
-            self._ssrc, self._last_seq = packet.ssrc, None
-        if self._last_seq is not None:
-            ahead = (seq - self._last_seq) & 0xFFFF
-            if ahead == 0 or ahead >= 0x8000:
-                counters.late += 1  # a duplicate, or older than what was already played
-                return False, None
-            if ahead <= _MAX_SEQ_JUMP:
-                counters.lost += ahead - 1
-        self._last_seq = seq
-        decoder = self._decoder(packet.payload_type)
-        if decoder is None:
-            return False, None
-        try:
-            frames = decoder.decode(packet.payload)
-        except OpusError:
-            counters.undecodable += 1
-            return False, None
-        counters.frames_received += 1
-        for pcm in frames:
-            counters.frames_delivered += 1
-            try:
-                self._deliver(pcm)
-            except Exception as exc:
-                # We run inside aiortc's receive loop: a failing consumer must not stop
-                # DTLS and RTCP for the whole connection.
-                counters.consumer_failures += 1
-                log.error("webrtc frame consumer failed", extra={"error": type(exc).__name__})
-        return False, None
+    def start(self) -> None:
+        if self._timer is not None:
+            return
+        now = self._loop.time()
+        listen = getattr(self.source, "listen", None)
+        if listen is not None:
+            listen(self._pushed)
+            self._listening = True
+            self._due = now + FRAME_SECONDS + _LIVE_GRACE
+            self._timer = self._loop.call_at(self._due, self._idle)
+        else:
+            self._due = now
+            self._timer = self._loop.call_at(now, self._pull)
 
-    def _decoder(self, payload_type: int) -> _OpusDecoder | _PcmuDecoder | None:
-        decoder = self._decoders.get(payload_type)
-        if decoder is None:
-            name = self._codecs.get(payload_type)
-            if name is None:
-                return None
-            try:
-                decoder = self._decoders[payload_type] = _DECODERS[name]()
-            except OpusError as exc:
-                # No libopus to load: this codec's packets are dropped from now on, and
-                # aiortc's receive loop (DTLS, RTCP, the other codec) goes on.
-                del self._codecs[payload_type]
-                log.error("webrtc decoder unavailable", extra={"codec": name, "error": str(exc)})
-                return None
-        return decoder
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._listening:
+            self._listening = False
+            source = cast(PushSource, self.source)
+            if source.listener == self._pushed:  # not a later leg's (a page reload)
+                source.listen(None)
+
+    def _pushed(self, pcm: bytes) -> None:
+        now = self._loop.time()
+        self._due = now + FRAME_SECONDS + _LIVE_GRACE  # the producer sets the pace
+        self._send(pcm, now)
+
+    def _idle(self) -> None:
+        now = self._loop.time()
+        if now < self._due:  # pushed since this timer was set: wait for the new due time
+            self._timer = self._loop.call_at(self._due, self._idle)
+            return
+        self._send(SILENCE, now)
+        self._due = max(self._due + FRAME_SECONDS, now - _MAX_BEHIND)
+        self._timer = self._loop.call_at(self._due, self._idle)
+
+    def _pull(self) -> None:
+        now = self._loop.time()
+        self._send(self.source.next_frame() or SILENCE, now)
+        self._due = max(self._due + FRAME_SECONDS, now - _MAX_BEHIND)
+        self._timer = self._loop.call_at(self._due, self._pull)
 
 
 def _negotiated(sdp: str) -> list[tuple[int, str]]:
-    """(payload type, our codec name) of the audio codecs in ``sdp``, in its order."""
+    """(payload type, our codec name) of the audio codecs in ``sdp``, in its order
+    (``telephone-event`` included)."""
     names = {mime.lower(): name for name, mime in CODEC_MIME.items()}
+    names[_EVENTS_MIME] = TELEPHONE_EVENT
     media = SessionDescription.parse(sdp).media
     return [
         (codec.payloadType, names[codec.mimeType.lower()])
@@ -542,13 +411,19 @@ class WebRtcLeg:
         source: FrameSource,
         on_frame: Callable[[bytes], None],
         on_state: Callable[[str], None] | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
-        self.track = TelephonyTrack(source)
         self.counters = LegCounters()
         self.muted = False
+        self.held = False
         self._on_frame = on_frame
         self._on_state = on_state
+        self._on_dtmf = on_dtmf
+        self._track = _IdleTrack()
+        self._outbound = _Outbound(source, self._send)
+        self._sender: RtpSender | None = None
+        self._path: MediaPath | None = None
         self._pc = RTCPeerConnection(
             RTCConfiguration(
                 iceServers=[
@@ -564,13 +439,9 @@ class WebRtcLeg:
     def connection_state(self) -> str:
         return str(self._pc.connectionState)
 
-    @property
-    def held(self) -> bool:
-        return self.track.silenced
-
     def hold(self, on: bool) -> None:
         """On hold neither side hears the other; frames keep flowing as silence."""
-        self.track.silenced = on
+        self.held = on
 
     def mute(self, on: bool) -> None:
         """A muted agent is delivered as silence; the caller still talks to them."""
@@ -580,11 +451,10 @@ class WebRtcLeg:
         """Answer the browser's offer; returns our SDP with all candidates in it."""
         if self._closed:
             raise WebRtcLegError("leg is closed")
-        transceiver = self._pc.addTransceiver(self.track, direction="sendrecv")
-        if not hasattr(transceiver.receiver, _JITTER_ATTR):
-            raise WebRtcLegError("aiortc changed: cannot take over its receive path")
+        transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        _install_telephone_event()
         capabilities = RTCRtpSender.getCapabilities("audio").codecs
-        wanted = [CODEC_MIME[name].lower() for name in self.config.codecs]
+        wanted = [CODEC_MIME[name].lower() for name in self.config.codecs] + [_EVENTS_MIME]
         transceiver.setCodecPreferences(
             sorted(
                 (c for c in capabilities if c.mimeType.lower() in wanted),
@@ -599,17 +469,21 @@ class WebRtcLeg:
         with offered_host_addresses(self.config.host_addresses):
             await self._pc.setLocalDescription(answer)
         local = str(self._pc.localDescription.sdp)
-        codecs = _negotiated(local)
+        negotiated = _negotiated(local)
+        codecs = [(pt, name) for pt, name in negotiated if name != TELEPHONE_EVENT]
         if not codecs:
             raise WebRtcLegError("offer rejected: no common audio codec")
-        # aiortc sends with the first negotiated codec. Nothing can arrive before this
-        # runs: the browser cannot complete ICE until it has our answer.
-        self.track.codec = codecs[0][1]
-        setattr(
-            transceiver.receiver,
-            _JITTER_ATTR,
-            _InlineReceiver(dict(codecs), self._deliver, self.counters),
-        )
+        sender = transceiver.sender
+        # Nothing can arrive before this runs: the browser cannot complete ICE until it
+        # has our answer. The browser's audio comes in any negotiated codec; ours goes
+        # out in the first (what aiortc would have sent).
+        receiver = RtpReceiver(dict(negotiated), self._deliver, self.counters, self._on_dtmf)
+        try:
+            self._path = MediaPath(sender.transport, receiver, self.counters)
+        except WebRtcPathError as exc:
+            raise WebRtcLegError(str(exc)) from exc
+        payload_type, codec = codecs[0]
+        self._sender = RtpSender(codec, payload_type, sender._ssrc, sender_report=sender)
         return local
 
     async def add_remote_candidate(self, candidate: str, sdp_mid: str | None) -> None:
@@ -627,10 +501,20 @@ class WebRtcLeg:
     def _deliver(self, pcm: bytes) -> None:
         self._on_frame(SILENCE if self.muted or self.held else pcm)
 
+    def _send(self, pcm: bytes, now: float) -> None:
+        assert self._sender is not None and self._path is not None
+        self._path.send(self._sender.packet(SILENCE if self.held else pcm, now))
+
     def _state_changed(self) -> None:
         state = self.connection_state
         self.counters.states.append(state)
         log.info("webrtc leg connection %s", state)
+        if self._path is not None:
+            self._path.update()
+            if state == "connected":
+                self._outbound.start()
+            elif state in ("failed", "closed"):
+                self._outbound.stop()
         if self._on_state is not None:
             self._on_state(state)
 
@@ -638,5 +522,6 @@ class WebRtcLeg:
         if self._closed:
             return
         self._closed = True
-        self.track.stop()
+        self._outbound.stop()
+        self._track.stop()
         await self._pc.close()

@@ -317,7 +317,17 @@
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = key;
-      button.addEventListener("click", () => onCall("call.dtmf", () => ({ digits: key })));
+      button.addEventListener("click", () => {
+        // In the call's audio (RFC 4733) when the answer negotiated telephone-event,
+        // as a phone would send it; over signalling otherwise.
+        const sender = state.pc && state.pc.getSenders().find((s) => s.dtmf);
+        const active = state.call && state.call.state === "active";
+        if (active && sender && sender.dtmf.canInsertDTMF) {
+          sender.dtmf.insertDTMF(key, 100, 70);
+        } else {
+          onCall("call.dtmf", () => ({ digits: key }));
+        }
+      });
       $("keypad").appendChild(button);
     }
   }
