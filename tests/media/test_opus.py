@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from voicegw.media.opus import OpusDecoder, OpusError
+from voicegw.media.opus import OpusDecoder, OpusEncoder, OpusError
 
 BROWSER_RATE = 48000
 
@@ -62,3 +62,27 @@ def test_bad_packets_and_settings_are_refused_with_a_reason() -> None:
     with pytest.raises(OpusError, match="Hz"):
         OpusDecoder(44100)
     assert len(decoder.decode(browser_packets(440.0, 0.04)[0])) == 320  # still usable
+
+
+def test_our_8_khz_frames_encode_to_one_packet_each_and_decode_to_the_same_tone() -> None:
+    encoder, decoder = OpusEncoder(8000), OpusDecoder(8000)
+    t = np.arange(8000) / 8000
+    tone = (8000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
+    packets = [encoder.encode(tone[i : i + 320]) for i in range(0, len(tone), 320)]
+    assert len(packets) == 50 and all(0 < len(p) <= 1275 for p in packets)
+    heard = np.frombuffer(b"".join(decoder.decode(p) for p in packets[5:]), "<i2")
+    spectrum = np.abs(np.fft.rfft(heard * np.hanning(len(heard))))
+    assert abs(np.argmax(spectrum) * 8000 / len(heard) - 1000.0) < 10
+    rms_db = 20 * np.log10(np.sqrt(np.mean(heard.astype(np.float64) ** 2)) / (8000 / np.sqrt(2)))
+    assert abs(rms_db) < 1.5
+
+
+def test_bad_encoder_settings_and_frames_are_refused_with_a_reason() -> None:
+    with pytest.raises(OpusError, match="Hz"):
+        OpusEncoder(44100)
+    with pytest.raises(OpusError, match="complexity 11"):
+        OpusEncoder(8000, complexity=11)
+    encoder = OpusEncoder(8000)
+    with pytest.raises(OpusError, match="opus_encode"):
+        encoder.encode(bytes(2 * 100))  # 12.5 ms is not an Opus frame size
+    assert len(encoder.encode(bytes(320))) > 0  # still usable

@@ -118,7 +118,7 @@ async def test_hold_and_mute_deliver_silence_while_frames_keep_their_pace(browse
 
 
 async def test_unauthenticated_rtp_from_a_stranger_is_never_delivered(browser: Any) -> None:
-    """aioice passes any non-STUN datagram on; SRTP authentication is what drops it."""
+    """aioice passes any non-STUN datagram on; our gate drops what no ICE check validated."""
     received: list[bytes] = []
     silent = WebRtcLeg(LOOPBACK_ONLY, LiveSource(), received.append)
     browser.mic.signal = lambda t: np.zeros_like(t)
