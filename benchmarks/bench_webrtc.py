@@ -14,9 +14,14 @@ Three processes, all on 127.0.0.1:
   queue are left out (``bench_sip_calls.py`` measures SIP); offers and
   answers travel over a JSON-lines control socket instead;
 * the **load generator** (``--role load``) plays N callers (plain RTP,
-  PCMU, each with its own 20 ms phase) and N browsers (aiortc peer
-  connections sending pre-encoded Opus, so the generator spends nothing on
-  encoding). Each source plays a 20 ms 1 kHz burst into silence every 0.5 s;
+  PCMU, each with its own 20 ms phase) and N browsers. A browser is an aiortc
+  peer connection for ICE and DTLS whose RTP runs on the gateway's own media
+  path (:class:`~voicegw.media.webrtc_rtp.MediaPath`: SRTP on the keys of
+  that handshake), sending pre-encoded Opus and decoding what it hears at
+  8 kHz, all on timers: with aiortc's per-packet path a hundred browsers took
+  most of a core and their pacing lagged. Real browsers (Chromium and Firefox)
+  talk to the same path in ``tests/e2e``. Each source plays a 20 ms 1 kHz
+  burst into silence every 0.5 s;
 * this script (the orchestrator) runs both per N and reads the gateway's CPU
   from ``/proc``, and the whole machine's, to tell how disturbed a run was.
 
@@ -31,8 +36,8 @@ Per direction it reports:
   arriving at the other side, to the sample (arrival time of the packet plus
   the onset's offset in it; for the browser's Opus, minus where the onset
   sits in the pre-encoded stream, so its encoder's look-ahead is not counted);
-  packets are timestamped on arrival (the browser side: once aiortc has
-  checked SRTP), before decoding;
+  packets are timestamped on arrival (the browser side: once SRTP is
+  checked), before decoding;
 * gateway CPU per leg-second (utime+stime over the media phase), which stays
   meaningful when other work shares the machine; and "others": the CPU used
   by processes other than the two benchmark processes during the phase;

@@ -88,6 +88,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import AudioFrame
 
 from .dtmf import TELEPHONE_EVENT
+from .opus import OpusError
 from .webrtc_rtp import LegCounters, MediaPath, RtpReceiver, RtpSender, WebRtcPathError
 
 __all__ = [
@@ -478,12 +479,12 @@ class WebRtcLeg:
         # has our answer. The browser's audio comes in any negotiated codec; ours goes
         # out in the first (what aiortc would have sent).
         receiver = RtpReceiver(dict(negotiated), self._deliver, self.counters, self._on_dtmf)
-        try:
-            self._path = MediaPath(sender.transport, receiver, self.counters)
-        except WebRtcPathError as exc:
-            raise WebRtcLegError(str(exc)) from exc
         payload_type, codec = codecs[0]
-        self._sender = RtpSender(codec, payload_type, sender._ssrc, sender_report=sender)
+        try:
+            self._sender = RtpSender(codec, payload_type, sender._ssrc, sender_report=sender)
+            self._path = MediaPath(sender.transport, receiver, self.counters)
+        except (WebRtcPathError, OpusError) as exc:
+            raise WebRtcLegError(f"cannot carry this leg's media: {exc}") from exc
         return local
 
     async def add_remote_candidate(self, candidate: str, sdp_mid: str | None) -> None:

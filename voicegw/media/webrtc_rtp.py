@@ -366,6 +366,8 @@ class MediaPath:
         self._receiver = receiver
         self._rx: Any = None
         self._tx: Any = None
+        self._pair: Any = None
+        self._remote: tuple[str, int] | None = None
         try:
             self.connection = dtls.transport._connection
             protocols = list(self.connection._protocols)
@@ -406,8 +408,10 @@ class MediaPath:
         if srtp is None or pair is None:
             self.counters.unsent += 1
             return False
+        if pair is not self._pair:  # remote_addr builds a tuple per call: once per pair
+            self._pair, self._remote = pair, pair.remote_addr
         try:
-            pair.protocol.transport.sendto(srtp.protect(packet), pair.remote_addr)
+            pair.protocol.transport.sendto(srtp.protect(packet), self._remote)
         except (pylibsrtp.Error, ValueError, OSError):
             self.counters.unsent += 1
             return False
