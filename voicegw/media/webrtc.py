@@ -89,7 +89,17 @@ from av import AudioFrame
 
 from .dtmf import TELEPHONE_EVENT
 from .opus import OpusError
-from .webrtc_rtp import LegCounters, MediaPath, RtpReceiver, RtpSender, WebRtcPathError
+from .webrtc_rtp import (
+    FRAME_BYTES,
+    FRAME_SAMPLES,
+    FRAME_SECONDS,
+    SILENCE,
+    LegCounters,
+    MediaPath,
+    RtpReceiver,
+    RtpSender,
+    WebRtcPathError,
+)
 
 __all__ = [
     "FRAME_BYTES",
@@ -108,10 +118,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FRAME_SECONDS: Final = 0.02
-FRAME_SAMPLES: Final = 160
-FRAME_BYTES: Final = FRAME_SAMPLES * 2
-SILENCE: Final = bytes(FRAME_BYTES)
 
 #: Codecs we answer with, by aiortc MIME type; order is preference.
 CODEC_MIME: Final = {"opus": "audio/opus", "PCMU": "audio/PCMU"}
@@ -503,8 +509,14 @@ class WebRtcLeg:
         self._on_frame(SILENCE if self.muted or self.held else pcm)
 
     def _send(self, pcm: bytes, now: float) -> None:
+        # Runs in the producer's push and in timers: it must not raise into either.
         assert self._sender is not None and self._path is not None
-        self._path.send(self._sender.packet(SILENCE if self.held else pcm, now))
+        try:
+            packet = self._sender.packet(SILENCE if self.held else pcm, now)
+        except OpusError:
+            self.counters.unsent += 1
+            return
+        self._path.send(packet)
 
     def _state_changed(self) -> None:
         state = self.connection_state

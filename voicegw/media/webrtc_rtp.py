@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 
 RATE: Final = 8000
 FRAME_SECONDS: Final = 0.02
-FRAME_BYTES: Final = 320
+FRAME_SAMPLES: Final = 160
+FRAME_BYTES: Final = FRAME_SAMPLES * 2
+SILENCE: Final = bytes(FRAME_BYTES)
 #: RTP clock ticks per 20 ms frame, by codec (Opus' RTP clock is 48 kHz whatever it codes).
 _TICKS: Final = {"opus": 960, "PCMU": 160}
 #: Opus towards the browser: narrowband from our 8 kHz frames, CELT low-delay mode.
@@ -66,7 +68,6 @@ _OPUS_BITRATE: Final = 32000
 #: A sequence jump this large is a sender restart, not loss.
 _MAX_SEQ_JUMP: Final = 3000
 _HEADER: Final = struct.Struct("!BBHII")
-_ZEROS: Final = bytes(FRAME_BYTES)
 #: What libopus is given instead of digital silence (every sample 0): +-1 LSB, -90 dBFS.
 #: On all-zero input the CELT encoder's state decays into subnormal floats and a frame
 #: takes 170 µs instead of 25 (measured with PyAV's libopus); at a hundred legs whose
@@ -271,7 +272,7 @@ class RtpSender:
         self._encode: Callable[[bytes], bytes] = ulaw_encode
         if codec == "opus":
             opus = OpusEncoder(RATE, bitrate=_OPUS_BITRATE).encode
-            self._encode = lambda pcm: opus(_DITHER if pcm == _ZEROS else pcm)
+            self._encode = lambda pcm: opus(_DITHER if pcm == SILENCE else pcm)
         self._ticks = _TICKS[codec]
         self._payload_type = payload_type
         self._ssrc = ssrc
