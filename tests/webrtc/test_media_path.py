@@ -167,6 +167,31 @@ async def test_our_sender_reports_count_the_packets_we_sent(browser: Any) -> Non
     assert 0 < reported() <= sent and reported() > sent - 80  # at most ~1.5 s old
 
 
+async def test_our_receiver_reports_tell_the_browser_what_arrived_and_the_round_trip(
+    browser: Any,
+) -> None:
+    """aiortc never sees our RTP, so we hand it the reception statistics its reports use."""
+    leg = WebRtcLeg(LOOPBACK_ONLY, LiveSource(), lambda _frame: None)
+    seen: list[Any] = []
+
+    async def round_trip_known() -> bool:
+        stats = await browser.pc.getStats()
+        seen[:] = [s for s in stats.values() if s.type == "remote-inbound-rtp"]
+        return bool(seen) and seen[0].roundTripTime is not None
+
+    try:
+        await connected(browser, leg)
+        for _ in range(40):  # up to 8 s: reports come every 0.5-1.5 s
+            if await round_trip_known():
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await leg.close()
+    (report,) = seen
+    assert report.packetsLost == 0 and report.packetsReceived > 25
+    assert 0 <= report.roundTripTime < 0.5  # loopback
+
+
 @pytest.mark.parametrize("codec", ["opus", "PCMU"])
 def test_senders_only_exist_for_codecs_we_encode(codec: str) -> None:
     RtpSender(codec, 0, 1)

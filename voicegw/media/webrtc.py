@@ -391,14 +391,14 @@ class _Outbound:
         self._timer = self._loop.call_at(self._due, self._pull)
 
 
-def _negotiated(sdp: str) -> list[tuple[int, str]]:
-    """(payload type, our codec name) of the audio codecs in ``sdp``, in its order
-    (``telephone-event`` included)."""
+def _negotiated(sdp: str) -> list[tuple[int, str, int]]:
+    """(payload type, our codec name, RTP clock rate) of the audio codecs in ``sdp``, in
+    its order (``telephone-event`` included)."""
     names = {mime.lower(): name for name, mime in CODEC_MIME.items()}
     names[_EVENTS_MIME] = TELEPHONE_EVENT
     media = SessionDescription.parse(sdp).media
     return [
-        (codec.payloadType, names[codec.mimeType.lower()])
+        (codec.payloadType, names[codec.mimeType.lower()], codec.clockRate)
         for m in media
         if m.kind == "audio"
         for codec in m.rtp.codecs
@@ -477,18 +477,28 @@ class WebRtcLeg:
             await self._pc.setLocalDescription(answer)
         local = str(self._pc.localDescription.sdp)
         negotiated = _negotiated(local)
-        codecs = [(pt, name) for pt, name in negotiated if name != TELEPHONE_EVENT]
+        codecs = [(pt, name) for pt, name, _rate in negotiated if name != TELEPHONE_EVENT]
         if not codecs:
             raise WebRtcLegError("offer rejected: no common audio codec")
         sender = transceiver.sender
         # Nothing can arrive before this runs: the browser cannot complete ICE until it
         # has our answer. The browser's audio comes in any negotiated codec; ours goes
         # out in the first (what aiortc would have sent).
-        receiver = RtpReceiver(dict(negotiated), self._deliver, self.counters, self._on_dtmf)
+        receiver = RtpReceiver(
+            {pt: name for pt, name, _rate in negotiated},
+            self._deliver,
+            self.counters,
+            self._on_dtmf,
+        )
         payload_type, codec = codecs[0]
         try:
             self._sender = RtpSender(codec, payload_type, sender._ssrc, sender_report=sender)
-            self._path = MediaPath(sender.transport, receiver, self.counters)
+            self._path = MediaPath(
+                sender.transport,
+                receiver,
+                self.counters,
+                clock_rates={pt: rate for pt, _name, rate in negotiated},
+            )
         except (WebRtcPathError, OpusError) as exc:
             raise WebRtcLegError(f"cannot carry this leg's media: {exc}") from exc
         return local

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 
 import aioice.ice
 import pylibsrtp
+from aiortc.rtcrtpreceiver import StreamStatistics
 
 from .dtmf import TELEPHONE_EVENT, DtmfDigit, DtmfReceiver
 from .g711 import ulaw_decode, ulaw_encode
@@ -357,9 +358,22 @@ class _Gate(asyncio.DatagramProtocol):
 class MediaPath:
     """One leg's SRTP both ways, on the keys and the candidate pair aiortc negotiated."""
 
-    def __init__(self, dtls: Any, receiver: PacketSink, counters: LegCounters) -> None:
-        """Gate the sockets aiortc gathered: call once gathering is done."""
-        for name in ("_rx_srtp", "_tx_srtp", "transport"):
+    def __init__(
+        self,
+        dtls: Any,
+        receiver: PacketSink,
+        counters: LegCounters,
+        *,
+        clock_rates: Mapping[int, int] | None = None,
+    ) -> None:
+        """Gate the sockets aiortc gathered: call once gathering is done.
+
+        With ``clock_rates`` (payload type -> RTP clock rate), aiortc's receiver is
+        given each incoming stream's reception statistics, as its own packet path
+        would, so its RTCP receiver reports carry loss and jitter: what the browser
+        adapts its Opus encoder to (in-band FEC, bitrate) and shows in its statistics.
+        """
+        for name in ("_rx_srtp", "_tx_srtp", "transport", "_rtp_router"):
             if not hasattr(dtls, name):
                 raise WebRtcPathError(f"aiortc changed: RTCDtlsTransport has no {name}")
         self.counters = counters
@@ -369,6 +383,9 @@ class MediaPath:
         self._tx: Any = None
         self._pair: Any = None
         self._remote: tuple[str, int] | None = None
+        self._clock_rates = dict(clock_rates or {})
+        #: SSRC -> aiortc's StreamStatistics for it (None: no report for that stream).
+        self._reports: dict[int, Any] = {}
         try:
             self.connection = dtls.transport._connection
             protocols = list(self.connection._protocols)
@@ -400,7 +417,26 @@ class MediaPath:
         except (RtpError, ValueError):
             self.counters.malformed += 1
             return
+        try:
+            reception = self._reports[packet.ssrc]
+        except KeyError:
+            reception = self._reports[packet.ssrc] = self._reception(packet)
+        if reception is not None:
+            reception.add(packet)
         self._receiver.packet(packet)
+
+    def _reception(self, packet: RtpPacket) -> Any:
+        """aiortc's statistics of a new incoming stream, registered where its receiver
+        reports from (what ``RTCRtpReceiver._handle_rtp_packet`` does on a first packet)."""
+        rate = self._clock_rates.get(packet.payload_type)
+        if rate is None:
+            return None
+        receiver = self._dtls._rtp_router.route_rtp(packet)
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+        if streams is None:
+            return None
+        reception = streams[packet.ssrc] = StreamStatistics(rate)
+        return reception
 
     def send(self, packet: bytes) -> bool:
         """Protect and send one RTP packet on the nominated pair; False if not connected."""
