@@ -455,10 +455,6 @@ class MediaPath:
         self.counters.packets_sent += 1
         return True
 
-    @property
-    def connected(self) -> bool:
-        return self._tx is not None
-
 
 def _interpose(protocol: Any, gate: _Gate) -> None:
     """Put ``gate`` between ``protocol``'s transport and ``protocol``."""
