@@ -369,22 +369,15 @@ class Browser:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, packets: list[bytes]) -> None:
-        from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
-        from aiortc.mediastreams import MediaStreamError
+        from aiortc import RTCConfiguration, RTCPeerConnection
 
         from voicegw.media.opus import OpusDecoder
-
-        class Idle(MediaStreamTrack):
-            kind = "audio"
-
-            async def recv(self) -> Any:
-                await asyncio.Event().wait()
-                raise MediaStreamError
+        from voicegw.media.webrtc_rtp import IdleTrack
 
         self.loop = loop
         self.packets = packets
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.transceiver = self.pc.addTransceiver(Idle(), direction="sendrecv")
+        self.transceiver = self.pc.addTransceiver(IdleTrack(), direction="sendrecv")
         self.stream = Stream(48000)
         self.decoder = OpusDecoder(8000)
         self.sent_at: list[float] = []

@@ -74,7 +74,6 @@ from typing import Any, Final, Protocol, cast
 import aioice.ice
 import aiortc.codecs
 from aiortc import (
-    MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -83,9 +82,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
-from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
-from av import AudioFrame
 
 from .dtmf import TELEPHONE_EVENT
 from .opus import OpusError
@@ -94,6 +91,7 @@ from .webrtc_rtp import (
     FRAME_SAMPLES,
     FRAME_SECONDS,
     SILENCE,
+    IdleTrack,
     LegCounters,
     MediaPath,
     RtpReceiver,
@@ -307,28 +305,6 @@ def _install_telephone_event() -> None:
 # --- towards the browser -----------------------------------------------------------------
 
 
-class _IdleTrack(MediaStreamTrack):
-    """The track aiortc's sender is given: it never yields a frame.
-
-    Our :class:`~voicegw.media.webrtc_rtp.RtpSender` sends the audio; aiortc's
-    sender is left with its RTCP (sender reports), which it keeps sending.
-    """
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._ended = asyncio.Event()
-
-    async def recv(self) -> AudioFrame:
-        await self._ended.wait()
-        raise MediaStreamError
-
-    def stop(self) -> None:
-        super().stop()
-        self._ended.set()
-
-
 class _Outbound:
     """Plays a :class:`FrameSource` towards the browser through ``send(pcm, now)``.
 
@@ -345,7 +321,6 @@ class _Outbound:
         self._loop = asyncio.get_running_loop()
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._listening = False
 
     def start(self) -> None:
         if self._timer is not None:
@@ -354,7 +329,6 @@ class _Outbound:
         listen = getattr(self.source, "listen", None)
         if listen is not None:
             listen(self._pushed)
-            self._listening = True
             self._due = now + FRAME_SECONDS + _LIVE_GRACE
             self._timer = self._loop.call_at(self._due, self._idle)
         else:
@@ -364,11 +338,9 @@ class _Outbound:
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._listening:
-            self._listening = False
-            source = cast(PushSource, self.source)
-            if source.listener == self._pushed:  # not a later leg's (a page reload)
-                source.listen(None)
+        # Ours only: a later leg (a page reload) may listen to the same call by now.
+        if getattr(self.source, "listener", None) == self._pushed:
+            cast(PushSource, self.source).listen(None)
 
     def _pushed(self, pcm: bytes) -> None:
         now = self._loop.time()
@@ -427,7 +399,7 @@ class WebRtcLeg:
         self._on_frame = on_frame
         self._on_state = on_state
         self._on_dtmf = on_dtmf
-        self._track = _IdleTrack()
+        self._track = IdleTrack()
         self._outbound = _Outbound(source, self._send)
         self._sender: RtpSender | None = None
         self._path: MediaPath | None = None

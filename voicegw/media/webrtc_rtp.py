@@ -39,7 +39,10 @@ from typing import Any, Final, Protocol
 
 import aioice.ice
 import pylibsrtp
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import StreamStatistics
+from av import AudioFrame
 
 from .dtmf import TELEPHONE_EVENT, DtmfDigit, DtmfReceiver
 from .g711 import ulaw_decode, ulaw_encode
@@ -47,6 +50,7 @@ from .opus import OpusDecoder, OpusEncoder, OpusError
 from .rtp import RtpError, RtpPacket, is_rtcp
 
 __all__ = [
+    "IdleTrack",
     "LegCounters",
     "MediaPath",
     "PacketSink",
@@ -282,8 +286,9 @@ class RtpSender:
         self._last: float | None = None
         # aiortc's RTCRtpSender still sends the sender reports, from fields we keep.
         self._report: Any = sender_report
-        for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"):
-            if sender_report is not None and not hasattr(sender_report, f"_RTCRtpSender__{name}"):
+        fields = ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count")
+        for name in fields if sender_report is not None else ():
+            if not hasattr(sender_report, f"_RTCRtpSender__{name}"):
                 raise WebRtcPathError(f"aiortc changed: RTCRtpSender has no __{name}")
 
     def packet(self, pcm: bytes, now: float) -> bytes:
@@ -310,6 +315,25 @@ class RtpSender:
         self._seq = (self._seq + 1) & 0xFFFF
         self._timestamp = (self._timestamp + self._ticks) & 0xFFFFFFFF
         return header + payload
+
+
+class IdleTrack(MediaStreamTrack):
+    """The track aiortc's sender is given when :class:`MediaPath` carries the RTP: it
+    never yields a frame, and aiortc's sender is left with its RTCP (sender reports)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ended = asyncio.Event()
+
+    async def recv(self) -> AudioFrame:
+        await self._ended.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._ended.set()
 
 
 # --- the path ----------------------------------------------------------------------------
